@@ -1,0 +1,126 @@
+"""actor_orch: run LLM agents as supervised Pykka actors, on threads, with timeouts.
+
+Logging is off by default, as in any library; turn it on with
+`from loguru import logger; logger.enable("actor_orch")`.
+"""
+
+from actor_orch import _logging
+from actor_orch.agent import Agent, AgentOptions
+from actor_orch.errors import (
+    Aborted,
+    AgentError,
+    AuthError,
+    ContentFiltered,
+    ContextWindowOverflow,
+    ModelThrottled,
+    NetworkError,
+    PluginError,
+    RequestTimeout,
+    StreamError,
+    StructuredOutputFailed,
+)
+from actor_orch.events import (
+    AgentFailed,
+    AgentRestarted,
+    AgentSpawned,
+    AgentStopped,
+    Event,
+    StepFinished,
+    StepStarted,
+)
+from actor_orch.executor import (
+    DEFAULT_MAX_PARALLEL_TASKS,
+    AgentExecutor,
+    AgentStepSpec,
+    StepOutcome,
+    execute_steps_parallel,
+)
+from actor_orch.models import (
+    EchoModel,
+    FunctionModel,
+    Model,
+    ModelRequest,
+    OpenAICompatibleModel,
+    ScriptedModel,
+)
+from actor_orch.orchestrator import AgentOrchestrator, OrchestratedHandle
+from actor_orch.retry import Backoff, RetryPolicy
+from actor_orch.supervisor import DefaultSupervisor, SupervisorPolicy
+from actor_orch.tools import Tool, ToolSpec, tool
+from actor_orch.types import (
+    AgentMessage,
+    AgentResult,
+    AgentStatus,
+    AssistantMessage,
+    ContentBlock,
+    Cost,
+    StopReason,
+    SupervisorAction,
+    TextContent,
+    ToolCall,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+    user_message,
+)
+
+_logging.install()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_PARALLEL_TASKS",
+    "Aborted",
+    "Agent",
+    "AgentError",
+    "AgentExecutor",
+    "AgentFailed",
+    "AgentMessage",
+    "AgentOptions",
+    "AgentOrchestrator",
+    "AgentRestarted",
+    "AgentResult",
+    "AgentSpawned",
+    "AgentStatus",
+    "AgentStepSpec",
+    "AgentStopped",
+    "AssistantMessage",
+    "AuthError",
+    "Backoff",
+    "ContentBlock",
+    "ContentFiltered",
+    "ContextWindowOverflow",
+    "Cost",
+    "DefaultSupervisor",
+    "EchoModel",
+    "Event",
+    "FunctionModel",
+    "Model",
+    "ModelRequest",
+    "ModelThrottled",
+    "NetworkError",
+    "OpenAICompatibleModel",
+    "OrchestratedHandle",
+    "PluginError",
+    "RequestTimeout",
+    "RetryPolicy",
+    "ScriptedModel",
+    "StepFinished",
+    "StepOutcome",
+    "StepStarted",
+    "StopReason",
+    "StreamError",
+    "StructuredOutputFailed",
+    "SupervisorAction",
+    "SupervisorPolicy",
+    "TextContent",
+    "Tool",
+    "ToolCall",
+    "ToolResultMessage",
+    "ToolSpec",
+    "Usage",
+    "UserMessage",
+    "execute_steps_parallel",
+    "tool",
+    "user_message",
+]
