@@ -32,6 +32,7 @@ from actor_orch.executor import (
     DEFAULT_MAX_PARALLEL_TASKS,
     AgentExecutor,
     AgentStepSpec,
+    LocalExecutor,
     StepOutcome,
     execute_steps_parallel,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "EchoModel",
     "Event",
     "FunctionModel",
+    "LocalExecutor",
     "Model",
     "ModelRequest",
     "ModelThrottled",

@@ -20,30 +20,50 @@ from __future__ import annotations
 import abc
 import contextvars
 import threading
-from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from loguru import logger
 
-from actor_orch.errors import Aborted, RequestTimeout
+from actor_orch.agent import Agent
+from actor_orch.errors import (
+    Aborted,
+    AgentError,
+    RequestTimeout,
+    StructuredOutputFailed,
+)
+from actor_orch.events import (
+    AgentFailed,
+    AgentRestarted,
+    EventCallback,
+    StepFinished,
+    StepStarted,
+    deliver,
+)
+from actor_orch.orchestrator import OptionsFactory, build_options
 from actor_orch.pool import Failure, run_ordered
+from actor_orch.structured import InvalidOutput, check_schema, parse_structured, repair_prompt
+from actor_orch.supervisor import SupervisorPolicy, decide
+from actor_orch.types import AgentResult, StopReason, SupervisorAction
+
+if TYPE_CHECKING:
+    from actor_orch.orchestrator import AgentOrchestrator
 
 __all__ = [
     "DEFAULT_MAX_PARALLEL_TASKS",
     "AgentExecutor",
     "AgentStepSpec",
-    "EventCallback",
+    "LocalExecutor",
     "StepOutcome",
     "current_step_abort",
     "execute_steps_parallel",
+    "run_step",
 ]
 
 DEFAULT_MAX_PARALLEL_TASKS = 8
 """Steps an executor runs at once unless its `concurrency_hint()` says otherwise."""
-
-EventCallback = Callable[[Any], None]
-"""Receives the events of a step (see `actor_orch.events`), synchronously."""
 
 
 class AgentStepSpec(msgspec.Struct, omit_defaults=True, frozen=True):
@@ -51,8 +71,9 @@ class AgentStepSpec(msgspec.Struct, omit_defaults=True, frozen=True):
 
     Optional fields left `None` are omitted from JSON, and payloads written before they
     existed still decode. Decoding checks types and `max_steps >= 1`, and a
-    `msgspec.ValidationError` names the offending path (`$.agent`). Specs are immutable;
-    the `with_*` builders return a new spec.
+    `msgspec.ValidationError` names the offending path (`$.agent`). Specs are immutable
+    (hashable too, unless they carry an `output_schema` dict); the `with_*` builders return
+    a new spec.
 
     Example:
         >>> spec = AgentStepSpec("t1", "explore", "scan", "list files")
@@ -230,4 +251,160 @@ def _to_outcome(spec: AgentStepSpec, result: StepOutcome | Failure) -> StepOutco
     return StepOutcome.failed(spec.task_id, spec.agent, message)
 
 
-# LocalExecutor lives below.
+# Repair re-prompts after the first structured answer, so at most 3 answers in all.
+MAX_STRUCTURED_REPAIRS = 2
+
+
+def run_step(
+    spec: AgentStepSpec,
+    factory: OptionsFactory | None,
+    *,
+    policy: SupervisorPolicy | None,
+    restart_budget: int,
+    events: EventCallback | None = None,
+    abort: threading.Event | None = None,
+) -> StepOutcome:
+    """Run one step on a fresh agent from `factory`; the step logic of every executor.
+
+    Self-contained (no orchestrator, no actor), so a remote worker can run it with a pickled
+    factory and policy. Emits `StepStarted`, then `AgentFailed`/`AgentRestarted` per failure,
+    then `StepFinished` to `events`. Retryable failures rebuild the agent and run the step
+    again as `policy` and `restart_budget` allow; `abort` (set by cancel) stops it at the next
+    boundary. Never raises: every problem is a failed outcome that names it.
+    """
+    deliver(events, StepStarted(spec.task_id, spec.agent))
+    started = time.monotonic()
+    try:
+        outcome = _run_step(
+            spec, factory, policy=policy, restart_budget=restart_budget, events=events, abort=abort
+        )
+    except Exception as err:  # a bug or a hostile factory must still give an outcome
+        logger.opt(exception=True).error("step {} crashed", spec.task_id)
+        outcome = StepOutcome.failed(spec.task_id, spec.agent, f"{type(err).__name__}: {err}")
+    deliver(
+        events,
+        StepFinished(spec.task_id, spec.agent, outcome.success, time.monotonic() - started),
+    )
+    return outcome
+
+
+def _run_step(
+    spec: AgentStepSpec,
+    factory: OptionsFactory | None,
+    *,
+    policy: SupervisorPolicy | None,
+    restart_budget: int,
+    events: EventCallback | None,
+    abort: threading.Event | None,
+) -> StepOutcome:
+    if factory is None:
+        return StepOutcome.failed(spec.task_id, spec.agent, f"agent not registered: {spec.agent}")
+    if spec.output_schema is not None:
+        try:
+            check_schema(spec.output_schema)
+        except InvalidOutput as err:
+            return StepOutcome.failed(spec.task_id, spec.agent, str(err))
+    restarts = 0
+    while True:
+        try:
+            options = build_options(spec.agent, factory)
+            if spec.max_steps is not None:
+                options = options.replace(max_turns=spec.max_steps)
+            return _prompt(Agent(options, abort_event=abort), spec)
+        except Aborted as err:
+            return StepOutcome.failed(spec.task_id, spec.agent, f"cancelled: {err}")
+        except AgentError as err:
+            decision = decide(policy, spec.agent, err, restarts=restarts, budget=restart_budget)
+            deliver(events, AgentFailed(spec.agent, str(err), decision.action))
+            if decision.action is not SupervisorAction.RESTART:
+                message = f"{type(err).__name__}: {err}"
+                return StepOutcome.failed(spec.task_id, spec.agent, message)
+            restarts = decision.attempt
+            deliver(events, AgentRestarted(spec.agent, restarts))
+            if decision.delay > 0 and (abort or threading.Event()).wait(decision.delay):
+                return StepOutcome.failed(spec.task_id, spec.agent, "cancelled during backoff")
+
+
+def _prompt(agent: Agent, spec: AgentStepSpec) -> StepOutcome:
+    schema = spec.output_schema
+    result = agent.prompt_text(spec.prompt, output_schema=schema)
+    for attempt in range(1, MAX_STRUCTURED_REPAIRS + 2):
+        if result.stop_reason is not StopReason.STOP:
+            return StepOutcome.failed(spec.task_id, spec.agent, _why_not_stopped(result, spec))
+        if schema is None:
+            return StepOutcome(
+                spec.task_id, f"task-run-{spec.task_id}", spec.agent, result.text, True
+            )
+        try:
+            value = parse_structured(result.text, schema)
+        except InvalidOutput as err:
+            if attempt > MAX_STRUCTURED_REPAIRS:
+                failure = StructuredOutputFailed(attempt, str(err))
+                return StepOutcome.failed(spec.task_id, spec.agent, str(failure))
+            result = agent.prompt_text(repair_prompt(str(err)), output_schema=schema)
+            continue
+        return StepOutcome(
+            spec.task_id, f"task-run-{spec.task_id}", spec.agent, result.text, True, value
+        )
+    raise AssertionError("unreachable: the loop returns on its last attempt")
+
+
+def _why_not_stopped(result: AgentResult, spec: AgentStepSpec) -> str:
+    if result.stop_reason is StopReason.LENGTH:
+        limit = "" if spec.max_steps is None else f" (max_steps={spec.max_steps})"
+        return f"step stopped at the turn limit{limit} before a final answer"
+    return f"step ended with stop_reason={result.stop_reason.value}"
+
+
+class LocalExecutor(AgentExecutor):
+    """Runs each step on a fresh agent built from the orchestrator's factory for `spec.agent`.
+
+    Steps share nothing (no history leaks between them); failures follow the orchestrator's
+    supervisor policy and restart budget. At most `max_parallel_tasks` run at once under
+    `execute_steps_parallel`.
+
+    Example:
+        >>> from actor_orch import AgentOptions, AgentOrchestrator, EchoModel
+        >>> orch = AgentOrchestrator()
+        >>> orch.add_agent("echo", lambda: AgentOptions(EchoModel()))
+        >>> specs = [AgentStepSpec(f"t{i}", "echo", "say", f"hello {i}") for i in range(3)]
+        >>> [o.output for o in execute_steps_parallel(LocalExecutor(orch), specs)]
+        ['hello 0', 'hello 1', 'hello 2']
+        >>> unknown = AgentStepSpec("x", "nobody", "", "")
+        >>> [lost] = execute_steps_parallel(LocalExecutor(orch), [unknown])
+        >>> lost.output
+        'agent not registered: nobody'
+    """
+
+    def __init__(
+        self,
+        orchestrator: AgentOrchestrator,
+        *,
+        max_parallel_tasks: int = DEFAULT_MAX_PARALLEL_TASKS,
+    ) -> None:
+        if not isinstance(max_parallel_tasks, int) or max_parallel_tasks < 1:
+            raise ValueError(f"max_parallel_tasks must be an int >= 1, got {max_parallel_tasks!r}")
+        self.orchestrator = orchestrator
+        self.max_parallel_tasks = max_parallel_tasks
+
+    def concurrency_hint(self) -> int:
+        return self.max_parallel_tasks
+
+    def execute_step(self, spec: AgentStepSpec, events: EventCallback | None = None) -> StepOutcome:
+        orchestrator = self.orchestrator
+        factory = orchestrator.options_factory(spec.agent)
+        budget = orchestrator.restart_budget(spec.agent) if factory is not None else 0
+        return run_step(
+            spec,
+            factory,
+            policy=orchestrator.supervisor,
+            restart_budget=budget,
+            events=events,
+            abort=current_step_abort(),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalExecutor(agents={self.orchestrator.names()}, "
+            f"max_parallel_tasks={self.max_parallel_tasks})"
+        )

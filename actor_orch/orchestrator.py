@@ -48,7 +48,7 @@ from actor_orch.types import (
     user_message,
 )
 
-__all__ = ["AgentOrchestrator", "OptionsFactory", "OrchestratedHandle"]
+__all__ = ["AgentOrchestrator", "OptionsFactory", "OrchestratedHandle", "build_options"]
 
 OptionsFactory = Callable[[], AgentOptions]
 
@@ -90,7 +90,8 @@ def _empty_result() -> AgentResult:
     return AgentResult([], StopReason.STOP)
 
 
-def _build_options(name: str, factory: OptionsFactory) -> AgentOptions:
+def build_options(name: str, factory: OptionsFactory) -> AgentOptions:
+    """Call `factory` for agent `name`; any failure is a `PluginError` naming the agent."""
     try:
         options = factory()
     except Exception as err:
@@ -405,7 +406,7 @@ class OrchestratedHandle:
         if decision.delay > 0 and self._ended.wait(decision.delay):
             return
         try:
-            self._agent = Agent(_build_options(self._name, self._factory))
+            self._agent = Agent(build_options(self._name, self._factory))
         except PluginError as err:
             self._log.error("could not restart agent {}: {}", self._name, err)
             self._end(AgentStatus.FAILED, err)
@@ -605,7 +606,7 @@ class AgentOrchestrator:
         entry = self._entries.get(name)
         if entry is None:
             raise _not_registered(name)
-        options = _build_options(name, entry.factory)
+        options = build_options(name, entry.factory)
         with self._lock:
             if self._shut_down:
                 raise PluginError(_ORCHESTRATOR, "orchestrator is shut down")

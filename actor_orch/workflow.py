@@ -1,0 +1,154 @@
+"""The workflow file format read by `actor-orch run`: agents to register and steps to run.
+
+A workflow is TOML (`.toml`) or JSON (`.json`) holding an `[agents]` table and a `steps`
+array. Each step is an [`AgentStepSpec`][actor_orch.AgentStepSpec], decoded as is. Everything
+is checked before anything runs: types (msgspec, so the error names the path), unknown keys
+(typos are errors, not silently ignored settings), steps naming an undefined agent, duplicate
+task ids, an empty `steps` array and output schemas that are not valid JSON schemas.
+
+Example:
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> path = folder / "wf.toml"
+    >>> _ = path.write_text('''
+    ... [agents.writer]
+    ... system_prompt = "Be brief."
+    ... [[steps]]
+    ... task_id = "t1"
+    ... agent = "writer"
+    ... description = "greet"
+    ... prompt = "Say hello"
+    ... ''')
+    >>> workflow = load_workflow(path)
+    >>> list(workflow.agents), [step.task_id for step in workflow.steps]
+    (['writer'], ['t1'])
+    >>> _ = path.write_text(path.read_text().replace('agent = "writer"', 'agent = "nobody"'))
+    >>> load_workflow(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    actor_orch.workflow.WorkflowError: .../wf.toml: $.steps[0].agent: agent 'nobody' is not \
+defined in [agents]
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from actor_orch.executor import AgentStepSpec
+from actor_orch.structured import InvalidOutput, check_schema
+
+__all__ = ["AgentSpec", "ModelKind", "Workflow", "WorkflowError", "load_workflow"]
+
+ModelKind = Literal["echo", "openai"]
+"""Which model an agent runs: the offline `EchoModel`, or an OpenAI-compatible server."""
+
+# Keys a step table may hold: exactly the fields of AgentStepSpec, whatever they become.
+_STEP_KEYS = frozenset(field.encode_name for field in msgspec.structs.fields(AgentStepSpec))
+
+
+class AgentSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One `[agents.NAME]` table: how to build the agent registered as NAME.
+
+    `model` left out means the run's default (`actor-orch run --model`); `max_turns` caps
+    model calls per step (`None` = no cap, a step's `max_steps` overrides it).
+    """
+
+    system_prompt: str = ""
+    model: ModelKind | None = None
+    max_turns: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class Workflow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A whole workflow file. `max_parallel` is the most steps run at once (`None` = default)."""
+
+    agents: dict[Annotated[str, msgspec.Meta(min_length=1)], AgentSpec]
+    steps: list[AgentStepSpec]
+    max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class WorkflowError(ValueError):
+    """A workflow file that cannot be run; the message names the file, then what is wrong.
+
+    `file` is the path as given; `problem` is the rest of the message, starting with the
+    JSON path of the offending value when there is one (`$.steps[1].agent: ...`).
+    """
+
+    def __init__(self, file: str | os.PathLike[str], problem: str) -> None:
+        self.file = os.fspath(file)
+        self.problem = problem
+        super().__init__(f"{self.file}: {problem}")
+
+
+def load_workflow(path: str | os.PathLike[str]) -> Workflow:
+    """Read, decode and cross-check the workflow at `path` (`.toml` or `.json`).
+
+    Raises:
+        WorkflowError: the file is missing or unreadable, is not TOML/JSON, does not match
+            the format (msgspec's message with the path), or fails a cross-check.
+    """
+    raw = _parse(path)
+    try:
+        workflow = msgspec.convert(raw, type=Workflow)
+    except msgspec.ValidationError as err:
+        raise WorkflowError(path, str(err)) from None
+    _check(path, raw, workflow)
+    return workflow
+
+
+def _parse(path: str | os.PathLike[str]) -> Any:
+    """The file's content as plain data (dicts, lists, scalars), before any type check."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in (".toml", ".json"):
+        raise WorkflowError(path, "unsupported workflow format (expected a .toml or .json file)")
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as err:
+        raise WorkflowError(path, f"cannot read the file: {err.strerror or err}") from None
+    if suffix == ".json":
+        try:
+            return msgspec.json.decode(data)
+        except msgspec.DecodeError as err:
+            raise WorkflowError(path, f"not valid JSON: {err}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise WorkflowError(path, f"not valid TOML: not UTF-8 text ({err.reason})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise WorkflowError(path, f"not valid TOML: {err}") from None
+
+
+def _check(path: str | os.PathLike[str], raw: Any, workflow: Workflow) -> None:
+    """The checks a type cannot express; the first problem found is raised."""
+    if not workflow.steps:
+        raise WorkflowError(path, "$.steps: the workflow has no steps")
+    first_seen: dict[str, int] = {}
+    for index, (step, table) in enumerate(zip(workflow.steps, raw["steps"], strict=True)):
+        where = f"$.steps[{index}]"
+        # AgentStepSpec accepts unknown keys (for compatibility of stored specs); in a file a
+        # person edits, an unknown key is a typo such as `max_step`, so it is refused here.
+        unknown = sorted(set(table) - _STEP_KEYS)
+        if unknown:
+            raise WorkflowError(
+                path, f"Object contains unknown field `{unknown[0]}` - at `{where}`"
+            )
+        if step.agent not in workflow.agents:
+            raise WorkflowError(
+                path, f"{where}.agent: agent {step.agent!r} is not defined in [agents]"
+            )
+        if step.task_id in first_seen:
+            raise WorkflowError(
+                path,
+                f"{where}.task_id: duplicate task id {step.task_id!r} "
+                f"(first used at $.steps[{first_seen[step.task_id]}])",
+            )
+        first_seen[step.task_id] = index
+        if step.output_schema is not None:
+            try:
+                check_schema(step.output_schema)
+            except InvalidOutput as err:
+                raise WorkflowError(path, f"{where}.output_schema: {err}") from None

@@ -1,0 +1,115 @@
+"""Orchestrator overhead, measured against bare Pykka in the same run.
+
+Prints two ratios (lower is better):
+  1. `handle.send_message` round trip / bare Pykka `ask` running the same agent prompt
+     (target <= 1.5);
+  2. a fail -> restart -> serve cycle / a plain round trip (target <= 6).
+
+Run: python scripts/bench_orchestrator.py [--requests N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Callable
+
+import pykka
+
+import actor_orch as ao
+
+
+def echo_options() -> ao.AgentOptions:
+    return ao.AgentOptions(ao.EchoModel(), retry=None)
+
+
+class BareAgentActor(pykka.ThreadingActor):
+    """What a user would write by hand: one actor owning one agent, asked directly."""
+
+    use_daemon_thread = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.agent = ao.Agent(echo_options())
+
+    def on_receive(self, message: str) -> ao.AgentResult:
+        return self.agent.prompt_text(message)
+
+
+def best_of(repeats: int, run: Callable[[], float]) -> float:
+    return min(run() for _ in range(repeats))
+
+
+def bare_pykka(requests: int) -> float:
+    ref = BareAgentActor.start()
+    try:
+        started = time.perf_counter()
+        for i in range(requests):
+            ref.ask(str(i), timeout=10)
+        return (time.perf_counter() - started) / requests
+    finally:
+        ref.stop(timeout=10)
+
+
+def orchestrated(requests: int) -> float:
+    with ao.AgentOrchestrator(supervisor=ao.DefaultSupervisor()) as orch:
+        orch.add_agent("echo", echo_options)
+        handle = orch.spawn("echo")
+        started = time.perf_counter()
+        for i in range(requests):
+            handle.send_message(str(i), timeout=10)
+        return (time.perf_counter() - started) / requests
+
+
+def restart_cycles(cycles: int) -> float:
+    """Each cycle: a request fails (retryable), the agent is rebuilt, the next one is served."""
+    calls = itertools.count()
+
+    def every_other_call_fails(request: ao.ModelRequest) -> str:
+        if next(calls) % 2 == 0:
+            raise ao.NetworkError("injected")
+        return "served"
+
+    def factory() -> ao.AgentOptions:
+        return ao.AgentOptions(ao.FunctionModel(every_other_call_fails), retry=None)
+
+    with ao.AgentOrchestrator(supervisor=ao.DefaultSupervisor(max_restarts=1)) as orch:
+        orch.add_agent("flaky", factory)
+        handle = orch.spawn("flaky")
+        started = time.perf_counter()
+        for _ in range(cycles):
+            try:
+                handle.send_message("fail", timeout=10)
+            except ao.NetworkError:
+                pass
+            else:
+                raise AssertionError("the injected failure did not happen")
+            handle.send_message("serve", timeout=10)
+        elapsed = time.perf_counter() - started
+        assert handle.restarts == cycles, handle.restarts
+        return elapsed / cycles
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    n, r = args.requests, args.repeats
+
+    bare_pykka(200)  # warm up imports and thread start-up
+    orchestrated(200)
+    bare = best_of(r, lambda: bare_pykka(n))
+    ours = best_of(r, lambda: orchestrated(n))
+    cycle = best_of(r, lambda: restart_cycles(n // 2))
+
+    print(f"bare pykka ask + agent prompt : {bare * 1e6:8.1f} us/request")
+    print(f"handle.send_message           : {ours * 1e6:8.1f} us/request")
+    print(f"fail -> restart -> serve      : {cycle * 1e6:8.1f} us/cycle")
+    print(f"ratio send_message / bare ask : {ours / bare:6.2f}  (target <= 1.5)")
+    print(f"ratio restart cycle / send    : {cycle / ours:6.2f}  (target <= 6)")
+
+
+if __name__ == "__main__":
+    main()
