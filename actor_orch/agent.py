@@ -170,7 +170,10 @@ class Agent:
             self._check_abort()
             reply = self._call_model(
                 ModelRequest(
-                    list(self._history), self.options.system_prompt, self._tool_specs, output_schema
+                    list(self._history),
+                    self.options.system_prompt,
+                    list(self._tool_specs),
+                    output_schema,
                 )
             )
             turns += 1

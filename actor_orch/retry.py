@@ -50,10 +50,11 @@ def exponential_delay(
 
 def _validate(settings: _DelaySettings) -> None:
     # msgspec checks Meta constraints only when decoding, so constructors check here too.
+    # Written as `not (x >= bound)` so that NaN fails too.
     for field in ("base_delay", "max_delay"):
-        if getattr(settings, field) < 0:
+        if not getattr(settings, field) >= 0:
             raise ValueError(f"{field} must be >= 0, got {getattr(settings, field)!r}")
-    if settings.multiplier < 1:
+    if not settings.multiplier >= 1:
         raise ValueError(f"multiplier must be >= 1, got {settings.multiplier!r}")
     if settings.max_delay < settings.base_delay:
         raise ValueError(
@@ -103,8 +104,8 @@ class RetryPolicy(msgspec.Struct, frozen=True):
 
     def __post_init__(self) -> None:
         _validate(self)
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
 
     def delay(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failure number `attempt` (from 1)."""

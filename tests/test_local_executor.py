@@ -162,9 +162,7 @@ def test_an_invalid_output_schema_fails_the_step_without_calling_the_model() -> 
     assert model.requests == []
 
 
-def test_events_of_every_step_arrive_before_the_call_returns_and_a_raising_callback_is_ignored() -> (
-    None
-):
+def test_step_events_arrive_before_the_call_returns_despite_a_raising_callback() -> None:
     orch = orchestrator_with(lambda: AgentOptions(EchoModel()))
     seen: list[ao.Event] = []
 
