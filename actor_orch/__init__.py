@@ -6,6 +6,17 @@ Logging is off by default, as in any library; turn it on with
 
 from actor_orch import _logging
 from actor_orch.agent import Agent, AgentOptions
+from actor_orch.checkpoint import (
+    CheckpointStore,
+    MemoryCheckpointStore,
+    SqliteCheckpointStore,
+    WorkflowCheckpoint,
+)
+from actor_orch.combinators import (
+    execute_loop,
+    execute_pipeline,
+    execute_steps_parallel_resumable,
+)
 from actor_orch.errors import (
     Aborted,
     AgentError,
@@ -88,6 +99,7 @@ __all__ = [
     "AssistantMessage",
     "AuthError",
     "Backoff",
+    "CheckpointStore",
     "ContentBlock",
     "ContentFiltered",
     "ContextWindowOverflow",
@@ -97,6 +109,7 @@ __all__ = [
     "Event",
     "FunctionModel",
     "LocalExecutor",
+    "MemoryCheckpointStore",
     "Model",
     "ModelRequest",
     "ModelThrottled",
@@ -107,6 +120,7 @@ __all__ = [
     "RequestTimeout",
     "RetryPolicy",
     "ScriptedModel",
+    "SqliteCheckpointStore",
     "StepFinished",
     "StepOutcome",
     "StepStarted",
@@ -122,7 +136,11 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "UserMessage",
+    "WorkflowCheckpoint",
+    "execute_loop",
+    "execute_pipeline",
     "execute_steps_parallel",
+    "execute_steps_parallel_resumable",
     "tool",
     "user_message",
 ]

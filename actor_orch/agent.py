@@ -81,7 +81,9 @@ class AgentOptions:
                 raise ValueError(f"AgentOptions.tools: duplicate tool name {item.name!r}")
             names.add(item.name)
         if self.max_turns is not None and (
-            not isinstance(self.max_turns, int) or self.max_turns < 1
+            not isinstance(self.max_turns, int)
+            or isinstance(self.max_turns, bool)
+            or self.max_turns < 1
         ):
             raise ValueError(f"AgentOptions.max_turns must be >= 1 or None, got {self.max_turns!r}")
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):

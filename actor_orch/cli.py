@@ -50,7 +50,7 @@ EXIT_INTERRUPTED = 130
 DEFAULT_BASE_URL = "http://127.0.0.1:11434/v1"  # Ollama's OpenAI-compatible endpoint
 DEFAULT_MODEL_NAME = "llama3.2"
 # Per HTTP request. Generous because a local model on a CPU can take minutes for one reply;
-# `--timeout` lowers it, since no request should outlive the run that made it.
+# `--timeout` bounds the whole run independently (a step still waiting then fails).
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 # How often the main thread wakes while the steps run. Waiting in slices keeps it responsive
 # to Ctrl-C (a signal is handled between slices at the latest).
@@ -231,11 +231,10 @@ def _openai_model(args: argparse.Namespace) -> OpenAICompatibleModel:
             raise UsageError(
                 f"--api-key-env: environment variable {args.api_key_env} is not set or empty"
             )
-    timeout = DEFAULT_REQUEST_TIMEOUT_S
-    if args.timeout is not None:
-        timeout = min(timeout, args.timeout)
     try:
-        return OpenAICompatibleModel(args.base_url, args.model_name, api_key, timeout)
+        return OpenAICompatibleModel(
+            args.base_url, args.model_name, api_key, DEFAULT_REQUEST_TIMEOUT_S
+        )
     except ValueError as err:
         raise UsageError(f"--base-url: {err}") from None
 
@@ -293,6 +292,10 @@ def _run_steps(
     progress = _Progress(len(workflow.steps), show_progress)
     outcomes: list[StepOutcome] = []
     crashed: list[BaseException] = []
+    # Waited on instead of Thread.join: on Python 3.11 a join interrupted by Ctrl-C marks a
+    # thread that is still running as finished (the bpo-45274 handler in
+    # Thread._wait_for_tstate_lock releases the live thread's lock), losing the outcomes.
+    finished = threading.Event()
 
     def work() -> None:
         try:
@@ -303,14 +306,16 @@ def _run_steps(
             )
         except BaseException as err:  # reported by the main thread, which owns the exit code
             crashed.append(err)
+        finally:
+            finished.set()
 
     runner = threading.Thread(target=work, name="actor-orch-run", daemon=True)
     interrupted = False
     try:
         runner.start()
-        while runner.is_alive():
+        while not finished.is_set():
             try:
-                runner.join(_WAIT_SLICE_S)
+                finished.wait(_WAIT_SLICE_S)
             except KeyboardInterrupt:
                 if not interrupted:
                     interrupted = True

@@ -60,6 +60,7 @@ __all__ = [
     "current_step_abort",
     "execute_steps_parallel",
     "run_step",
+    "to_outcome",
 ]
 
 DEFAULT_MAX_PARALLEL_TASKS = 8
@@ -233,10 +234,11 @@ def execute_steps_parallel(
         )
     finally:
         abort.set()
-    return [_to_outcome(spec, result) for spec, result in zip(todo, results, strict=True)]
+    return [to_outcome(spec, result) for spec, result in zip(todo, results, strict=True)]
 
 
-def _to_outcome(spec: AgentStepSpec, result: StepOutcome | Failure) -> StepOutcome:
+def to_outcome(spec: AgentStepSpec, result: object) -> StepOutcome:
+    """`result` if it is a `StepOutcome`, else a failed outcome labelled with `spec`."""
     if isinstance(result, StepOutcome):
         return result
     if isinstance(result, Failure):

@@ -104,7 +104,11 @@ class RetryPolicy(msgspec.Struct, frozen=True):
 
     def __post_init__(self) -> None:
         _validate(self)
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if (
+            not isinstance(self.max_attempts, int)
+            or isinstance(self.max_attempts, bool)
+            or self.max_attempts < 1
+        ):
             raise ValueError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
 
     def delay(self, attempt: int, error: BaseException | None = None) -> float:

@@ -33,6 +33,7 @@ defined in [agents]
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from typing import Annotated, Any, Literal
 
@@ -46,6 +47,7 @@ __all__ = ["AgentSpec", "ModelKind", "Workflow", "WorkflowError", "load_workflow
 ModelKind = Literal["echo", "openai"]
 """Which model an agent runs: the offline `EchoModel`, or an OpenAI-compatible server."""
 
+_BARE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Keys a step table may hold: exactly the fields of AgentStepSpec, whatever they become.
 _STEP_KEYS = frozenset(field.encode_name for field in msgspec.structs.fields(AgentStepSpec))
 
@@ -94,7 +96,7 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
     try:
         workflow = msgspec.convert(raw, type=Workflow)
     except msgspec.ValidationError as err:
-        raise WorkflowError(path, str(err)) from None
+        raise WorkflowError(path, _name_the_agent(str(err), raw)) from None
     _check(path, raw, workflow)
     return workflow
 
@@ -120,6 +122,32 @@ def _parse(path: str | os.PathLike[str]) -> Any:
         raise WorkflowError(path, f"not valid TOML: not UTF-8 text ({err.reason})") from None
     except tomllib.TOMLDecodeError as err:
         raise WorkflowError(path, f"not valid TOML: {err}") from None
+
+
+def _name_the_agent(message: str, raw: Any) -> str:
+    """`message` with msgspec's `$.agents[...]` replaced by the path of the agent at fault.
+
+    msgspec does not spell out dict keys in its paths, but "which agent" is the whole point
+    of the message. It reports the first invalid entry in order, so that is the one sought.
+    """
+    marker = "$.agents[...]"
+    agents = raw.get("agents") if isinstance(raw, dict) else None
+    if marker not in message or not isinstance(agents, dict):
+        return message
+    for name, table in agents.items():
+        try:
+            msgspec.convert(table, type=AgentSpec)
+        except msgspec.ValidationError:
+            return message.replace(marker, _agent_path(name))
+    return message
+
+
+def _agent_path(name: str) -> str:
+    # `$.agents.writer` reads best; a name that is not a bare word is quoted so the path stays
+    # unambiguous (`$.agents["two words"]`).
+    if _BARE_NAME.fullmatch(name):
+        return f"$.agents.{name}"
+    return f"$.agents[{msgspec.json.encode(name).decode()}]"
 
 
 def _check(path: str | os.PathLike[str], raw: Any, workflow: Workflow) -> None:
