@@ -8,7 +8,8 @@ run when stderr is a terminal.
 
 Exit codes: 0 every step succeeded, 1 some step failed, 2 bad usage or a bad workflow file
 (rejected before anything runs, with one `error: ...` line), 130 interrupted with Ctrl-C (the
-outcomes of the steps are still written: unstarted ones "cancelled", running ones aborted).
+outcomes of the steps are still written: unstarted ones "cancelled", running ones aborted at
+their next boundary; a second Ctrl-C stops waiting for steps stuck in a model call).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from loguru import logger
 from tqdm import tqdm
 
 from actor_orch.agent import AgentOptions
-from actor_orch.events import StepFinished, StepStarted
+from actor_orch.events import EventCallback, StepFinished, StepStarted
 from actor_orch.executor import (
     DEFAULT_MAX_PARALLEL_TASKS,
+    AgentExecutor,
+    AgentStepSpec,
     LocalExecutor,
     StepOutcome,
     execute_steps_parallel,
@@ -55,7 +58,8 @@ DEFAULT_REQUEST_TIMEOUT_S = 300.0
 # How often the main thread wakes while the steps run. Waiting in slices keeps it responsive
 # to Ctrl-C (a signal is handled between slices at the latest).
 _WAIT_SLICE_S = 0.1
-# Running steps stop at their next model or tool boundary once cancelled; bounded anyway.
+# Bound on the final orchestrator.shutdown(). Steps run on agents of their own, not on
+# spawned handles, so there is normally nothing left for it to wait for.
 _SHUTDOWN_TIMEOUT_S = 5.0
 
 
@@ -184,10 +188,12 @@ def _run(args: argparse.Namespace) -> int:
             for name, agent in workflow.agents.items():
                 orchestrator.add_agent(name, _options_factory(name, agent, models[name]))
             executor = LocalExecutor(orchestrator, max_parallel_tasks=max_parallel)
-            show_progress = not args.no_progress and sys.stderr.isatty()
             started = time.monotonic()
             outcomes, interrupted = _run_steps(
-                executor, workflow, timeout=args.timeout, show_progress=show_progress
+                executor,
+                workflow.steps,
+                timeout=args.timeout,
+                progress=not args.no_progress and sys.stderr.isatty(),
             )
             elapsed = time.monotonic() - started
         finally:
@@ -214,12 +220,12 @@ def _models(args: argparse.Namespace, workflow: Workflow) -> dict[str, Model]:
     kinds: dict[str, ModelKind] = {
         name: agent.model or args.model for name, agent in workflow.agents.items()
     }
-    shared: OpenAICompatibleModel | None = None
-    if "openai" in kinds.values():
-        shared = _openai_model(args)
+    # Built only when used, so an echo-only run never needs a server URL or an API key.
+    shared = _openai_model(args) if "openai" in kinds.values() else None
     echo = EchoModel()  # stateless, so one instance is as good as one per agent
     return {
-        name: (echo if kind == "echo" or shared is None else shared) for name, kind in kinds.items()
+        name: shared if kind == "openai" and shared is not None else echo
+        for name, kind in kinds.items()
     }
 
 
@@ -279,17 +285,46 @@ class _Progress:
             self._bar.close()
 
 
+class _RecordingExecutor(AgentExecutor):
+    """Runs steps with `inner` and keeps each outcome as soon as its step ends.
+
+    `execute_steps_parallel` hands back outcomes only when every step is done; these let a
+    second Ctrl-C, which stops waiting for that, still report the steps that had finished.
+    """
+
+    def __init__(self, inner: AgentExecutor) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._finished: dict[str, StepOutcome] = {}
+
+    def execute_step(self, spec: AgentStepSpec, events: EventCallback | None = None) -> StepOutcome:
+        outcome = self._inner.execute_step(spec, events)
+        with self._lock:
+            self._finished[spec.task_id] = outcome
+        return outcome
+
+    def concurrency_hint(self) -> int:
+        return self._inner.concurrency_hint()
+
+    def finished(self, spec: AgentStepSpec) -> StepOutcome | None:
+        """The outcome of `spec` if its step has ended (task ids are unique in a workflow)."""
+        with self._lock:
+            return self._finished.get(spec.task_id)
+
+
 def _run_steps(
-    executor: LocalExecutor, workflow: Workflow, *, timeout: float | None, show_progress: bool
+    executor: AgentExecutor, steps: list[AgentStepSpec], *, timeout: float | None, progress: bool
 ) -> tuple[list[StepOutcome], bool]:
-    """Run every step; returns the outcomes and whether Ctrl-C cancelled the run.
+    """Run every step; returns one outcome per step, in order, and whether Ctrl-C was pressed.
 
     The steps run on a daemon thread so that the main thread, which is where Python delivers
-    KeyboardInterrupt, stays free to turn Ctrl-C into a cancel and then still collect every
-    outcome.
+    KeyboardInterrupt, stays free to turn the first Ctrl-C into a cancel and then collect
+    every outcome. A second Ctrl-C stops waiting for steps stuck in a model call; those are
+    reported failed.
     """
     cancel = threading.Event()
-    progress = _Progress(len(workflow.steps), show_progress)
+    bar = _Progress(len(steps), progress)
+    recorder = _RecordingExecutor(executor)
     outcomes: list[StepOutcome] = []
     crashed: list[BaseException] = []
     # Waited on instead of Thread.join: on Python 3.11 a join interrupted by Ctrl-C marks a
@@ -301,7 +336,7 @@ def _run_steps(
         try:
             outcomes.extend(
                 execute_steps_parallel(
-                    executor, workflow.steps, progress.on_event, timeout=timeout, cancel=cancel
+                    recorder, steps, bar.on_event, timeout=timeout, cancel=cancel
                 )
             )
         except BaseException as err:  # reported by the main thread, which owns the exit code
@@ -310,25 +345,32 @@ def _run_steps(
             finished.set()
 
     runner = threading.Thread(target=work, name="actor-orch-run", daemon=True)
-    interrupted = False
     try:
         runner.start()
         while not finished.is_set():
             try:
                 finished.wait(_WAIT_SLICE_S)
             except KeyboardInterrupt:
-                if not interrupted:
-                    interrupted = True
-                    cancel.set()
-                    tqdm.write(
-                        "interrupted: cancelling; waiting for running steps to stop",
-                        file=sys.stderr,
-                    )
+                if cancel.is_set():
+                    tqdm.write("interrupted again: not waiting for running steps", file=sys.stderr)
+                    break
+                cancel.set()
+                tqdm.write(
+                    "interrupted: cancelling; waiting for running steps to stop "
+                    "(Ctrl-C again to stop waiting)",
+                    file=sys.stderr,
+                )
     finally:
-        progress.close()
+        bar.close()
     if crashed:
         raise crashed[0]
-    return outcomes, interrupted
+    if not finished.is_set():
+        outcomes = [
+            recorder.finished(spec)
+            or StepOutcome.failed(spec.task_id, spec.agent, "interrupted before the step ended")
+            for spec in steps
+        ]
+    return outcomes, cancel.is_set()
 
 
 @contextlib.contextmanager

@@ -371,7 +371,9 @@ class OrchestratedHandle:
         decision = self._ask_supervisor(error)
         with self._cond:
             self._outstanding.discard(request)
-        if decision.action is SupervisorAction.ESCALATE:
+        if (
+            self._ended.is_set() or decision.action is SupervisorAction.ESCALATE
+        ):  # cancelled or shut down while the supervisor decided
             _settle(request.future, error=error)
         elif decision.action is SupervisorAction.RESTART:
             self._restarts += 1

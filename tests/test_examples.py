@@ -1,0 +1,221 @@
+"""Every example and README snippet runs and does what its text says (real subprocesses)."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO
+
+import msgspec
+import pytest
+
+from actor_orch import StepOutcome
+from actor_orch.workflow import load_workflow
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+README = ROOT / "README.md"
+CONSOLE_SCRIPT = [str(Path(sys.executable).parent / "actor-orch")]
+PYTHON_M = [sys.executable, "-m", "actor_orch"]
+ENTRY_POINTS = pytest.mark.parametrize(
+    "entry", [CONSOLE_SCRIPT, PYTHON_M], ids=["console-script", "python-m"]
+)
+RUN_TIMEOUT_S = 30.0
+# Python examples that a test below runs; a new example must be added here and tested.
+TESTED_PYTHON_EXAMPLES = {"quickstart.py", "threaded_server.py"}
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT, check=False
+    )
+
+
+def outcomes_of(stdout: str) -> list[StepOutcome]:
+    return [msgspec.json.decode(line, type=StepOutcome) for line in stdout.splitlines()]
+
+
+def read_line(stream: IO[str], timeout: float) -> str:
+    """The next line of `stream`, waiting at most `timeout` seconds ("" at end of stream)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no line within {timeout}s") from None
+
+
+# --- workflow examples ---------------------------------------------------------------------------
+
+
+@ENTRY_POINTS
+def test_fanout_example_runs_offline_and_every_step_succeeds(entry: list[str]) -> None:
+    result = run([*entry, "run", "examples/fanout.toml", "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    outcomes = outcomes_of(result.stdout)
+    workflow = load_workflow(EXAMPLES / "fanout.toml")
+    assert len(workflow.agents) >= 3
+    assert len(workflow.steps) >= 6
+    assert [o.task_id for o in outcomes] == [s.task_id for s in workflow.steps]
+    # The echo model repeats each prompt, so every output is its own step's prompt.
+    assert [o.output for o in outcomes] == [s.prompt for s in workflow.steps]
+    assert all(o.success for o in outcomes)
+    assert {o.agent for o in outcomes} == set(workflow.agents)
+    assert f"{len(outcomes)} steps, {len(outcomes)} succeeded, 0 failed" in result.stderr
+
+
+@ENTRY_POINTS
+def test_structured_example_validates_every_output_against_its_schema(entry: list[str]) -> None:
+    result = run([*entry, "run", "examples/structured.toml"])
+    assert result.returncode == 0, result.stderr
+    outcomes = outcomes_of(result.stdout)
+    workflow = load_workflow(EXAMPLES / "structured.toml")
+    assert all(step.output_schema is not None for step in workflow.steps)
+    assert all(o.success for o in outcomes)
+    assert [o.structured for o in outcomes] == [json.loads(s.prompt) for s in workflow.steps]
+
+
+# --- Python examples -----------------------------------------------------------------------------
+
+
+def test_every_python_example_is_run_by_a_test() -> None:
+    assert {path.name for path in EXAMPLES.glob("*.py")} == TESTED_PYTHON_EXAMPLES
+
+
+def test_quickstart_example_shows_a_restart_after_a_scripted_failure() -> None:
+    result = run([sys.executable, str(EXAMPLES / "quickstart.py")])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "registered: ['echo', 'flaky']",
+        "echo says: hello, actors",
+        "first try failed: network error: connection reset | restarts: 1",
+        "second try: recovered after a restart | restarts: 1 | AgentStatus.RUNNING",
+    ]
+
+
+def post(url: str, body: bytes) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=RUN_TIMEOUT_S) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture
+def threaded_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "threaded_server.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        line = read_line(process.stdout, RUN_TIMEOUT_S)
+        match = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)\n", line)
+        assert match, f"unexpected first line {line!r}"
+        yield process, match.group(1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=RUN_TIMEOUT_S)
+
+
+def test_threaded_server_answers_50_concurrent_requests_then_stops_on_sigterm(
+    threaded_server: tuple[subprocess.Popen[str], str],
+) -> None:
+    process, base = threaded_server
+    texts = [f"message {i}" for i in range(50)]
+
+    def ask(i: int) -> tuple[int, dict[str, str]]:
+        agent = "shout" if i % 2 else "echo"
+        return post(f"{base}/agents/{agent}", json.dumps({"text": texts[i]}).encode())
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(ask, range(50)))
+    assert answers == [
+        (200, {"text": text.upper() if i % 2 else text}) for i, text in enumerate(texts)
+    ]
+
+    status, body = post(f"{base}/agents/nobody", b'{"text": "hi"}')
+    assert (status, body) == (404, {"error": "no agent named 'nobody'"})
+    status, body = post(f"{base}/agents/echo", b"{not json")
+    assert status == 400
+    assert body["error"].startswith("bad request body: JSON is malformed")
+    status, body = post(f"{base}/agents/echo", b'{"text": 3}')
+    assert (status, body) == (
+        400,
+        {"error": "bad request body: Expected `str`, got `int` - at `$.text`"},
+    )
+
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, stderr
+    assert stderr.strip() == "stopped"
+
+
+def test_threaded_server_stops_gracefully_on_ctrl_c(
+    threaded_server: tuple[subprocess.Popen[str], str],
+) -> None:
+    process, base = threaded_server
+    assert post(f"{base}/agents/echo", b'{"text": "before"}') == (200, {"text": "before"})
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+def test_repl_session_in_examples_replays_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the session loads examples/fanout.toml by a relative path
+    result = doctest.testfile(
+        str(EXAMPLES / "repl.md"), module_relative=False, optionflags=doctest.ELLIPSIS
+    )
+    assert result.attempted > 20
+    assert result.failed == 0
+
+
+# --- README --------------------------------------------------------------------------------------
+
+
+def readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", README.read_text(), re.MULTILINE | re.DOTALL)
+
+
+def test_readme_starts_with_the_install_and_test_commands() -> None:
+    assert README.read_text().startswith(
+        "# actor_orch\n\n```bash\n"
+        "pip install -e . && actor-orch run examples/fanout.toml\n"
+        "pip install -e '.[test]' && pytest\n```\n"
+    )
+
+
+@pytest.mark.parametrize("index", range(len(readme_blocks("python"))))
+def test_readme_python_snippet_runs(index: int) -> None:
+    result = run([sys.executable, "-c", readme_blocks("python")[index]])
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_readme_workflow_format_snippet_is_a_valid_workflow(tmp_path: Path) -> None:
+    [snippet] = readme_blocks("toml")
+    path = tmp_path / "readme.toml"
+    path.write_text(snippet)
+    workflow = load_workflow(path)
+    assert workflow.max_parallel == 4
+    assert workflow.agents["researcher"].max_turns == 4
+    assert [step.agent for step in workflow.steps] == ["researcher"]
