@@ -109,6 +109,16 @@ max_delay=10.0, multiplier=2.0, jitter=False))
             recent.append(now)
         return SupervisorAction.RESTART
 
+    def __getstate__(self) -> dict[str, object]:
+        # Picklable for remote executors: the lock is per process; the window travels along.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def restart_delay(self, name: str, attempt: int, error: AgentError) -> float:
         return 0.0 if self.backoff is None else self.backoff.delay(attempt, error)
 

@@ -41,6 +41,17 @@ class ScriptedModel:
         self._lock = threading.Lock()
         self.requests: list[ModelRequest] = []
 
+    def __getstate__(self) -> dict[str, object]:
+        # A copy sent to another process replays from the same place, with its own lock.
+        with self._lock:
+            state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def remaining(self) -> int:
         """How many scripted replies are left."""

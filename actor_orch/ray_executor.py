@@ -1,0 +1,216 @@
+"""Run steps on Ray workers when one machine is not enough (`pip install 'actor_orch[ray]'`).
+
+`RayExecutor` is an `AgentExecutor`: `execute_steps_parallel` drives it exactly as it drives
+`LocalExecutor`, and each step runs the same `run_step` logic, on a Ray actor. The options
+factory and the supervisor policy travel to the worker with the step (Ray pickles them with
+cloudpickle), so they must be picklable: plain functions, `functools.partial`, lambdas and
+closures over picklable values all are; a function is sent by reference to its module, so
+that module must be importable on the workers (pass `runtime_env`, e.g. `{"working_dir": "."}`
+or `{"env_vars": {"PYTHONPATH": ...}}`, when it is not installed there). Supervision state
+that a policy keeps (the sliding window of `DefaultSupervisor`) lives per step on the worker.
+
+Example (needs Ray; starts a local instance when none is running):
+
+    from actor_orch import AgentOptions, AgentOrchestrator, AgentStepSpec, EchoModel
+    from actor_orch import execute_steps_parallel
+    from actor_orch.ray_executor import RayExecutor
+
+    orch = AgentOrchestrator()
+    orch.add_agent("echo", lambda: AgentOptions(EchoModel()))
+    with RayExecutor(orch, num_workers=2) as executor:
+        outcomes = execute_steps_parallel(executor, [AgentStepSpec("t", "echo", "", "hi")])
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from actor_orch.events import Event, EventCallback, StepStarted, deliver
+from actor_orch.executor import (
+    AgentExecutor,
+    AgentStepSpec,
+    StepOutcome,
+    current_step_abort,
+    run_step,
+)
+from actor_orch.orchestrator import OptionsFactory
+from actor_orch.supervisor import SupervisorPolicy
+
+try:
+    import ray
+    import ray.exceptions
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError("actor_orch.ray_executor needs Ray: pip install 'actor_orch[ray]'") from err
+
+if TYPE_CHECKING:
+    from actor_orch.orchestrator import AgentOrchestrator
+
+__all__ = ["RayExecutor", "StepWorker"]
+
+# How often a step waiting on Ray looks at its abort event (ray.wait returns early when done).
+_ABORT_POLL_S = 0.05
+# Longest wait for a free worker slot; execute_steps_parallel never asks for more slots than
+# concurrency_hint(), so this only runs out when steps are started around it.
+_SLOT_TIMEOUT_S = 600.0
+
+
+class StepWorker:
+    """The remote side: runs one step with `run_step` and returns its outcome and events."""
+
+    def run(
+        self,
+        spec: AgentStepSpec,
+        factory: OptionsFactory,
+        policy: SupervisorPolicy | None,
+        restart_budget: int,
+    ) -> tuple[StepOutcome, list[Event]]:
+        events: list[Event] = []
+        outcome = run_step(
+            spec, factory, policy=policy, restart_budget=restart_budget, events=events.append
+        )
+        return outcome, events
+
+    def ping(self) -> bool:
+        return True
+
+
+class RayExecutor(AgentExecutor):
+    """Runs steps on `num_workers` Ray actors, each serving `max_concurrency_per_worker` steps.
+
+    Connects to the Ray cluster at `address` (or starts a local instance when Ray is not
+    initialised yet) with `runtime_env`; `close()` (or leaving the `with` block) kills the
+    workers, and shuts Ray down only if this executor started it. `num_workers` defaults to
+    the cluster's CPU count. Cancelling a step (the `cancel` of `execute_steps_parallel`)
+    withdraws it from Ray and reports it cancelled; a step already running on a worker runs
+    to its end there and its result is discarded.
+    """
+
+    def __init__(
+        self,
+        orchestrator: AgentOrchestrator,
+        *,
+        num_workers: int | None = None,
+        address: str | None = None,
+        max_concurrency_per_worker: int = 1,
+        runtime_env: dict[str, Any] | None = None,
+    ) -> None:
+        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+            raise ValueError(f"num_workers must be an int >= 1 or None, got {num_workers!r}")
+        if not isinstance(max_concurrency_per_worker, int) or max_concurrency_per_worker < 1:
+            raise ValueError(
+                "max_concurrency_per_worker must be an int >= 1, "
+                f"got {max_concurrency_per_worker!r}"
+            )
+        self.orchestrator = orchestrator
+        self.max_concurrency_per_worker = max_concurrency_per_worker
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(
+                address=address,
+                runtime_env=runtime_env,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+        if num_workers is None:
+            num_workers = max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+        self.num_workers = num_workers
+        # Workers take no CPU reservation: steps mostly wait on model servers, and spreading
+        # them lets a cluster use every node.
+        self._worker_class = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(StepWorker)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._workers = [self._new_worker() for _ in range(num_workers)]
+        self._slots: queue.Queue[int] = queue.Queue()
+        for _ in range(max_concurrency_per_worker):
+            for index in range(num_workers):
+                self._slots.put(index)
+
+    def _new_worker(self) -> Any:
+        return self._worker_class.options(max_concurrency=self.max_concurrency_per_worker).remote()
+
+    def concurrency_hint(self) -> int:
+        return self.num_workers * self.max_concurrency_per_worker
+
+    def execute_step(self, spec: AgentStepSpec, events: EventCallback | None = None) -> StepOutcome:
+        orchestrator = self.orchestrator
+        if self._closed:
+            return StepOutcome.failed(spec.task_id, spec.agent, "RayExecutor is closed")
+        factory = orchestrator.options_factory(spec.agent)
+        if factory is None:  # the shared step logic reports the unknown agent, with its events
+            return run_step(spec, None, policy=None, restart_budget=0, events=events)
+        budget = orchestrator.restart_budget(spec.agent)
+        deliver(events, StepStarted(spec.task_id, spec.agent))
+        try:
+            slot = self._slots.get(timeout=_SLOT_TIMEOUT_S)
+        except queue.Empty:
+            return StepOutcome.failed(spec.task_id, spec.agent, "no Ray worker became free")
+        try:
+            outcome, remote_events = self._run_remote(slot, spec, factory, budget)
+        finally:
+            self._slots.put(slot)
+        for event in remote_events:
+            if not isinstance(event, StepStarted):  # already delivered when the step began
+                deliver(events, event)
+        return outcome
+
+    def _run_remote(
+        self, slot: int, spec: AgentStepSpec, factory: OptionsFactory, budget: int
+    ) -> tuple[StepOutcome, list[Event]]:
+        def failed(message: str) -> tuple[StepOutcome, list[Event]]:
+            return StepOutcome.failed(spec.task_id, spec.agent, message), []
+
+        worker = self._workers[slot]
+        try:
+            ref = worker.run.remote(spec, factory, self.orchestrator.supervisor, budget)
+        except Exception as err:  # e.g. a factory Ray cannot pickle
+            return failed(f"cannot send step to Ray: {type(err).__name__}: {err}")
+        abort = current_step_abort()
+        try:
+            while True:
+                ready, _ = ray.wait([ref], timeout=_ABORT_POLL_S)
+                if ready:
+                    result: tuple[StepOutcome, list[Event]] = ray.get(ref)
+                    return result
+                if abort is not None and abort.is_set():
+                    ray.cancel(ref)
+                    return failed("cancelled")
+        except ray.exceptions.RayActorError as err:
+            logger.warning("Ray worker {} died ({}); replacing it", slot, err)
+            with self._lock:
+                if not self._closed:
+                    self._workers[slot] = self._new_worker()
+            return failed(f"Ray worker died: {err}")
+        except ray.exceptions.RayError as err:
+            return failed(f"Ray error: {type(err).__name__}: {err}")
+
+    def close(self) -> None:
+        """Kill the workers; shut Ray down if this executor started it. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            try:
+                ray.kill(worker)
+            except Exception as err:  # already gone: nothing left to free
+                logger.debug("killing a Ray worker failed: {}", err)
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RayExecutor(num_workers={self.num_workers}, "
+            f"max_concurrency_per_worker={self.max_concurrency_per_worker}, "
+            f"{'closed' if self._closed else 'open'})"
+        )
