@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -17,12 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import msgspec
 import pytest
-
-from actor_orch import StepOutcome
+from support import outcomes_of, read_line
 
 ROOT = Path(__file__).resolve().parent.parent
 # The console script installed next to the interpreter running the tests (the venv's bin).
@@ -64,20 +61,6 @@ def run_all(commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedPro
             commands[key], process.returncode, stdout, stderr
         )
     return finished
-
-
-def read_line(stream: IO[str], timeout: float) -> str:
-    """The next line of `stream`, waiting at most `timeout` seconds ("" at end of stream)."""
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=timeout)
-    except queue.Empty:
-        raise AssertionError(f"no line within {timeout}s") from None
-
-
-def outcomes_of(stdout: str) -> list[StepOutcome]:
-    return [msgspec.json.decode(line, type=StepOutcome) for line in stdout.splitlines()]
 
 
 def write(folder: Path, name: str, text: str) -> Path:

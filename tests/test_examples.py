@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import doctest
 import json
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
 
-import msgspec
 import pytest
+from support import outcomes_of, read_line
 
-from actor_orch import StepOutcome
 from actor_orch.workflow import load_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,20 +36,6 @@ def run(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT, check=False
     )
-
-
-def outcomes_of(stdout: str) -> list[StepOutcome]:
-    return [msgspec.json.decode(line, type=StepOutcome) for line in stdout.splitlines()]
-
-
-def read_line(stream: IO[str], timeout: float) -> str:
-    """The next line of `stream`, waiting at most `timeout` seconds ("" at end of stream)."""
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=timeout)
-    except queue.Empty:
-        raise AssertionError(f"no line within {timeout}s") from None
 
 
 # --- workflow examples ---------------------------------------------------------------------------
