@@ -301,6 +301,8 @@ def _run_step(
 ) -> StepOutcome:
     if factory is None:
         return StepOutcome.failed(spec.task_id, spec.agent, f"agent not registered: {spec.agent}")
+    # One event for the whole step: it aborts the agent and cuts a restart backoff short.
+    abort = abort if abort is not None else threading.Event()
     if spec.output_schema is not None:
         try:
             check_schema(spec.output_schema)
@@ -323,7 +325,7 @@ def _run_step(
                 return StepOutcome.failed(spec.task_id, spec.agent, message)
             restarts = decision.attempt
             deliver(events, AgentRestarted(spec.agent, restarts))
-            if decision.delay > 0 and (abort or threading.Event()).wait(decision.delay):
+            if decision.delay > 0 and abort.wait(decision.delay):
                 return StepOutcome.failed(spec.task_id, spec.agent, "cancelled during backoff")
 
 
