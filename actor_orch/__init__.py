@@ -57,7 +57,7 @@ from actor_orch.models import (
 )
 from actor_orch.orchestrator import AgentOrchestrator, OrchestratedHandle
 from actor_orch.retry import Backoff, RetryPolicy
-from actor_orch.supervisor import DefaultSupervisor, SupervisorPolicy
+from actor_orch.supervisor import DefaultSupervisor, SupervisorAction, SupervisorPolicy
 from actor_orch.tools import Tool, ToolSpec, tool
 from actor_orch.types import (
     AgentMessage,
@@ -67,7 +67,6 @@ from actor_orch.types import (
     ContentBlock,
     Cost,
     StopReason,
-    SupervisorAction,
     TextContent,
     ToolCall,
     ToolResultMessage,

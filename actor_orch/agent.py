@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from loguru import logger
 
-from actor_orch.errors import Aborted, AgentError, StreamError
+from actor_orch.errors import Aborted, AgentError, PluginError, StreamError
 from actor_orch.models.base import Model, ModelRequest
 from actor_orch.retry import RetryPolicy
 from actor_orch.tools import Tool
@@ -36,7 +36,7 @@ from actor_orch.types import (
     user_message,
 )
 
-__all__ = ["Agent", "AgentOptions", "RetryPolicy"]
+__all__ = ["Agent", "AgentOptions", "OptionsFactory", "RetryPolicy", "build_options"]
 
 # How often a wait on tool threads looks at the abort flag, in seconds.
 _ABORT_POLL_S = 0.05
@@ -92,6 +92,32 @@ class AgentOptions:
     def replace(self, **changes: Any) -> AgentOptions:
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+OptionsFactory = Callable[[], AgentOptions]
+"""Returns fresh `AgentOptions`; called on every spawn, restart and step."""
+
+
+def build_options(name: str, factory: OptionsFactory) -> AgentOptions:
+    """Call `factory` for agent `name`; any failure is a `PluginError` naming the agent.
+
+    The factory is user code: whatever it raises (any `BaseException`) is contained.
+    """
+    try:
+        options = factory()
+    except BaseException as err:
+        raise PluginError(
+            "orchestrator", f"options factory of agent '{name}' raised: {err!r}"
+        ) from err
+    if not isinstance(options, AgentOptions):
+        raise PluginError(
+            "orchestrator",
+            f"options factory of agent '{name}' returned {type(options).__name__}, "
+            "expected AgentOptions",
+        )
+    if options.name is None:
+        options = options.replace(name=name)
+    return options
 
 
 class Agent:

@@ -23,7 +23,8 @@ from collections.abc import Callable
 import msgspec
 from loguru import logger
 
-from actor_orch.types import AgentStatus, SupervisorAction
+from actor_orch.supervisor import SupervisorAction
+from actor_orch.types import AgentStatus
 
 __all__ = [
     "AgentFailed",
@@ -93,7 +94,7 @@ def deliver(callback: EventCallback | None, event: Event) -> None:
         return
     try:
         callback(event)
-    except Exception:
+    except BaseException:  # user code: contained whatever it raises (SystemExit included)
         logger.opt(exception=True).error("event callback {!r} raised on {!r}", callback, event)
 
 

@@ -19,56 +19,47 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from loguru import logger
 
-from actor_orch.agent import Agent, AgentOptions
+from actor_orch.agent import Agent, AgentOptions, OptionsFactory, build_options
 from actor_orch.errors import Aborted, AgentError, PluginError, RequestTimeout, StreamError
-from actor_orch.events import AgentRestarted, AgentSpawned, AgentStopped, EventBus, EventCallback
+from actor_orch.events import AgentSpawned, AgentStopped, EventBus, EventCallback
 from actor_orch.supervisor import (
-    AgentFailure,
-    Decision,
-    SupervisorActor,
+    Supervision,
+    SupervisorAction,
     SupervisorPolicy,
+    check_restart_budget,
     resolve_restart_budget,
-    supervise,
 )
 from actor_orch.types import (
     AgentMessage,
     AgentResult,
     AgentStatus,
     StopReason,
-    SupervisorAction,
     check_messages,
     user_message,
 )
 
+if TYPE_CHECKING:
+    from actor_orch.executor import AgentExecutor
+
 __all__ = ["AgentOrchestrator", "OptionsFactory", "OrchestratedHandle", "build_options"]
 
-OptionsFactory = Callable[[], AgentOptions]
-
 _ORCHESTRATOR = "orchestrator"
-# How long an agent waits for its supervisor's decision before stopping itself.
-_SUPERVISOR_TIMEOUT_S = 30.0
 # Slack after a shutdown deadline for threads to notice they were told to end.
 _SHUTDOWN_GRACE_S = 0.5
 
 
 def _channel_closed() -> PluginError:
     return PluginError(_ORCHESTRATOR, "agent channel closed")
-
-
-def _start_request(future: concurrent.futures.Future[AgentResult]) -> bool:
-    """Mark `future` running; False when it was answered or cancelled already."""
-    try:
-        return future.set_running_or_notify_cancel()
-    except RuntimeError:  # already finished: answered by cancel() or shutdown()
-        return False
 
 
 def _settle(
@@ -90,23 +81,15 @@ def _empty_result() -> AgentResult:
     return AgentResult([], StopReason.STOP)
 
 
-def build_options(name: str, factory: OptionsFactory) -> AgentOptions:
-    """Call `factory` for agent `name`; any failure is a `PluginError` naming the agent."""
-    try:
-        options = factory()
-    except Exception as err:
-        raise PluginError(
-            _ORCHESTRATOR, f"options factory of agent '{name}' raised: {err!r}"
-        ) from err
-    if not isinstance(options, AgentOptions):
-        raise PluginError(
-            _ORCHESTRATOR,
-            f"options factory of agent '{name}' returned {type(options).__name__}, "
-            "expected AgentOptions",
-        )
-    if options.name is None:
-        options = options.replace(name=name)
-    return options
+def check_timeout(value: object, name: str = "timeout") -> float | None:
+    """`value` as seconds: None or a finite number >= 0; otherwise an error naming `name`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 class _Request:
@@ -117,8 +100,16 @@ class _Request:
         self.future: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
 
 
-# Told to the actor by await_result(): everything queued before it is served, then it ends.
+# Told to the actor by await_result() and shutdown(): what is queued before it is served, then
+# the agent ends COMPLETED.
 _DRAIN = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Restart:
+    """Told by the supervisor when a restart's backoff is over; stale generations are ignored."""
+
+    generation: int
 
 
 @dataclasses.dataclass
@@ -129,10 +120,23 @@ class _Entry:
     max_restarts: int | None
 
 
+class _Published:
+    """What the agent actor publishes for its handle to read (written on the actor's thread)."""
+
+    __slots__ = ("restarts", "thread")
+
+    def __init__(self) -> None:
+        self.restarts = 0
+        self.thread: threading.Thread | None = None
+
+
 class OrchestratedHandle:
     """A running agent: send it messages, await its end, cancel it.
 
-    Created by `AgentOrchestrator.spawn`. Thread-safe: any number of threads may send at once;
+    Created by `AgentOrchestrator.spawn`. A thin client of the agent's actor: it holds the
+    actor's reference, the bounded mailbox gate and one `concurrent.futures.Future` per
+    accepted request. The agent itself (its history, its restart count) lives in the actor and
+    changes only on the actor's thread. Thread-safe: any number of threads may send at once;
     requests are served one at a time, in arrival order.
 
     Example:
@@ -156,35 +160,29 @@ class OrchestratedHandle:
         factory: OptionsFactory,
         options: AgentOptions,
         *,
-        policy: SupervisorPolicy | None,
         budget: int,
         channel_buffer: int,
-        supervisor: pykka.ActorRef[SupervisorActor],
-        bus: EventBus,
-        on_cancel: Callable[[OrchestratedHandle], None],
+        supervision: Supervision,
+        on_end: Callable[[OrchestratedHandle], None],
     ) -> None:
         self._name = name
-        self._factory = factory
-        self._policy = policy
-        self._budget = budget
         self._buffer = channel_buffer
-        self._supervisor = supervisor
-        self._bus = bus
-        self._on_cancel = on_cancel
+        self._on_end = on_end
         self._log = logger.bind(agent=name)
-        self._agent = Agent(options)
+        self._bus = supervision.bus
+        # The gate: guards the mailbox fill, the open requests and the one end transition.
         self._cond = threading.Condition()
         self._queued = 0  # accepted requests the actor has not taken yet: the mailbox fill
         self._outstanding: set[_Request] = set()  # accepted and not yet answered
+        self._failing: tuple[_Request, AgentError] | None = None  # failed, being supervised
         self._closed = False  # no new requests (await_result, shutdown, or ended)
         self._status = AgentStatus.RUNNING
-        self._ended = threading.Event()
+        self._abort = threading.Event()  # set when the handle ends: aborts the running prompt
         self._final: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
-        self._last_result: AgentResult | None = None
-        self._restarts = 0
-        self._consecutive_restarts = 0
-        self.thread: threading.Thread | None = None
-        self._actor = _AgentActor.start(self)
+        self._published = _Published()
+        self._actor = _AgentActor.start(
+            self, factory, options, supervision=supervision, budget=budget
+        )
 
     # -- public API ------------------------------------------------------------------------
 
@@ -195,7 +193,7 @@ class OrchestratedHandle:
     @property
     def restarts(self) -> int:
         """Total restarts since spawn (counted before the failed request is answered)."""
-        return self._restarts
+        return self._published.restarts
 
     def status(self) -> AgentStatus:
         return self._status
@@ -209,15 +207,27 @@ class OrchestratedHandle:
         `timeout` (seconds) bounds the whole call, mailbox wait included; past it
         `RequestTimeout` is raised (a request not yet started is then withdrawn). Errors of the
         agent are raised as the `AgentError` it failed with.
+
+        Raises:
+            TypeError: `text` is not a `str`, or `timeout` is not a number.
+            ValueError: `timeout` is negative, NaN or infinite.
         """
-        return self.send_messages([user_message(text)], timeout=timeout)
+        return self.send_messages([_user_text(text)], timeout=timeout)
 
     def send_messages(
         self, messages: Sequence[AgentMessage], *, timeout: float | None = None
     ) -> AgentResult:
         """Like `send_message`, with a list of messages."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        future = self.send_messages_async(messages, timeout=timeout)
+        limit = check_timeout(timeout)
+        thread = self._published.thread
+        if thread is not None and thread is threading.current_thread():
+            raise PluginError(
+                _ORCHESTRATOR,
+                f"send_messages to agent '{self._name}' from its own thread would wait for "
+                "itself; use send_messages_async",
+            )
+        deadline = None if limit is None else time.monotonic() + limit
+        future = self.send_messages_async(messages, timeout=limit)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return future.result(remaining)
@@ -227,7 +237,7 @@ class OrchestratedHandle:
             if not future.done():
                 future.cancel()  # withdraw it if the actor has not started it yet
                 raise RequestTimeout(
-                    f"agent '{self._name}' did not answer within {timeout:g}s"
+                    f"agent '{self._name}' did not answer within {limit:g}s"
                 ) from None
             return future.result(0)
 
@@ -236,21 +246,22 @@ class OrchestratedHandle:
     ) -> concurrent.futures.Future[AgentResult]:
         """Queue one user message; returns its `Future`. `timeout` bounds only the wait for
         mailbox space (then `RequestTimeout`)."""
-        return self.send_messages_async([user_message(text)], timeout=timeout)
+        return self.send_messages_async([_user_text(text)], timeout=timeout)
 
     def send_messages_async(
         self, messages: Sequence[AgentMessage], *, timeout: float | None = None
     ) -> concurrent.futures.Future[AgentResult]:
         """Queue messages as one request; returns its `Future`. See `send_message_async`."""
         checked = check_messages(messages)
+        limit = check_timeout(timeout)
         request = _Request(checked)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if limit is None else time.monotonic() + limit
         with self._cond:
             while not self._closed and self._queued >= self._buffer:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise RequestTimeout(
-                        f"mailbox of agent '{self._name}' stayed full for {timeout:g}s"
+                        f"mailbox of agent '{self._name}' stayed full for {limit:g}s"
                     )
                 self._cond.wait(remaining)
             if self._closed:
@@ -271,31 +282,29 @@ class OrchestratedHandle:
         `PluginError` when the supervisor stopped the agent, `Aborted` after `cancel()`, and
         `RequestTimeout` when `timeout` seconds pass first (the agent keeps draining).
         """
+        limit = check_timeout(timeout)
         self._close()
         try:
-            return self._final.result(timeout)
+            return self._final.result(limit)
         except TimeoutError:
-            raise RequestTimeout(
-                f"agent '{self._name}' did not finish within {timeout:g}s"
-            ) from None
+            raise RequestTimeout(f"agent '{self._name}' did not finish within {limit:g}s") from None
 
     def cancel(self) -> None:
         """Answer the in-flight and every queued request with `Aborted` now, end as CANCELLED.
 
         Cascades to the handles of this agent's children (and theirs) from the same
-        orchestrator. A model call already running finishes on its thread; its result is
+        orchestrator. A model call already running is asked to abort and its result is
         discarded.
         """
         self._end(AgentStatus.CANCELLED, Aborted(f"agent '{self._name}' cancelled"))
-        self._on_cancel(self)
 
     def __repr__(self) -> str:
         return (
             f"<OrchestratedHandle {self._name!r} status={self._status.name} "
-            f"restarts={self._restarts} queued={self._queued}>"
+            f"restarts={self.restarts} queued={self._queued}>"
         )
 
-    # -- internals shared with the actor and the orchestrator -----------------------------
+    # -- the gate, used by the actor and the orchestrator ---------------------------------
 
     def _close(self) -> None:
         with self._cond:
@@ -303,9 +312,42 @@ class OrchestratedHandle:
                 return
             self._closed = True
             self._cond.notify_all()  # senders waiting for space now get "channel closed"
-            self._actor.tell(_DRAIN)
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._actor.tell(_DRAIN)
 
-    def _end(self, status: AgentStatus, error: AgentError | None) -> bool:
+    def _take(self, request: _Request) -> bool:
+        """The actor dequeued `request`: free its mailbox slot; False if it needs no work."""
+        with self._cond:
+            self._queued -= 1
+            self._cond.notify()
+            if self._status is not AgentStatus.RUNNING:
+                return False  # answered by the end already
+            if request.future.set_running_or_notify_cancel():
+                return True
+            self._outstanding.discard(request)  # withdrawn by its sender
+            return False
+
+    def _answer(
+        self,
+        request: _Request,
+        result: AgentResult | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        with self._cond:
+            self._outstanding.discard(request)
+            if self._failing is not None and self._failing[0] is request:
+                self._failing = None
+        _settle(request.future, result, error)
+
+    def _supervising(self, failing: tuple[_Request, AgentError] | None) -> None:
+        """Mark the request whose failure is being supervised: if the handle ends meanwhile,
+        that request still gets its own error, not `Aborted`."""
+        with self._cond:
+            self._failing = failing
+
+    def _end(
+        self, status: AgentStatus, error: AgentError | None, last: AgentResult | None = None
+    ) -> bool:
         """End the handle once: settle the final future, answer what is left, stop the actor."""
         with self._cond:
             if self._status is not AgentStatus.RUNNING:
@@ -314,138 +356,176 @@ class OrchestratedHandle:
             self._closed = True
             leftovers = list(self._outstanding)
             self._outstanding.clear()
+            failing, self._failing = self._failing, None
             self._cond.notify_all()
-        self._ended.set()
-        self._agent.abort()
+        self._abort.set()
         leftover_error = error if error is not None else _channel_closed()
         for request in leftovers:
-            _settle(request.future, error=leftover_error)
-        _settle(self._final, self._last_result or _empty_result(), error)
+            if failing is not None and failing[0] is request:
+                _settle(request.future, error=failing[1])
+            else:
+                _settle(request.future, error=leftover_error)
+        _settle(self._final, last or _empty_result(), error)
         log = self._log.warning if status is AgentStatus.FAILED else self._log.debug
         log("agent {} ended: {}", self._name, status.name)
-        self._bus.emit(AgentStopped(self._name, status))
         with contextlib.suppress(pykka.ActorDeadError):
             self._actor.stop(block=False)
+        self._on_end(self)
+        self._bus.emit(AgentStopped(self._name, status))
         return True
 
     def _join(self, timeout: float) -> None:
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(max(0.0, timeout))
+        thread = self._published.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, timeout))
 
-    # -- the actor's side -------------------------------------------------------------------
+    def _on_own_thread(self) -> bool:
+        return self._published.thread is threading.current_thread()
 
-    def _take(self, request: _Request) -> bool:
-        """The actor dequeued `request`: free its mailbox slot; False if it needs no work."""
-        with self._cond:
-            self._queued -= 1
-            self._cond.notify()
-            if self._closed and self._status is not AgentStatus.RUNNING:
-                return False
-        if _start_request(request.future):
-            return True
-        with self._cond:  # withdrawn by its sender (timeout or Future.cancel())
-            self._outstanding.discard(request)
-        return False
+
+def _user_text(text: object) -> AgentMessage:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return user_message(text)
+
+
+class _AgentActor(pykka.ThreadingActor):
+    """Owns one spawned agent: its `Agent` (history), restart count and deferred requests.
+
+    Everything here runs on the actor's own (daemon) thread. While a failure is supervised or
+    a restart is pending, requests and the drain marker wait in `_deferred`, in order.
+    """
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        handle: OrchestratedHandle,
+        factory: OptionsFactory,
+        options: AgentOptions,
+        *,
+        supervision: Supervision,
+        budget: int,
+    ) -> None:
+        super().__init__()
+        self._handle = handle
+        self._name = handle.name
+        self._factory = factory
+        self._supervision = supervision
+        self._budget = budget
+        self._key = object()  # this agent's identity for the supervisor
+        self._agent = Agent(options, abort_event=handle._abort)
+        self._last_result: AgentResult | None = None
+        self._deferred: deque[object] = deque()
+        self._awaiting: int | None = None  # generation of the restart we wait for
+        self._generation = 0
+        self._recovering = False  # restarted, and no request served since
+        self._supervised = False  # the supervisor holds state about us
+
+    def on_start(self) -> None:
+        self._handle._published.thread = threading.current_thread()
+
+    def on_receive(self, message: Any) -> None:
+        try:
+            self._dispatch(message)
+        except BaseException as err:  # a bug must not reach Pykka (it would stop_all)
+            logger.opt(exception=True).error("agent actor {} crashed", self._name)
+            self._end(
+                AgentStatus.FAILED, PluginError(_ORCHESTRATOR, f"agent actor crashed: {err!r}")
+            )
+
+    def _dispatch(self, message: object) -> None:
+        if isinstance(message, _Restart):
+            if message.generation == self._awaiting:
+                self._resume()
+        elif self._awaiting is not None:
+            self._deferred.append(message)
+            if message is _DRAIN:
+                self._resume()  # ending: restart now, serve what is queued, never wait it out
+        elif message is _DRAIN:
+            self._end(AgentStatus.COMPLETED, None)
+        elif isinstance(message, _Request):
+            self._serve(message)
+
+    def _resume(self) -> None:
+        """The restart is due: rebuild the agent, then handle what waited for it."""
+        self._awaiting = None
+        try:
+            options = build_options(self._name, self._factory)
+        except PluginError as err:
+            logger.bind(agent=self._name).error("could not restart agent {}: {}", self._name, err)
+            self._end(AgentStatus.FAILED, err)
+            return
+        self._agent = Agent(options, abort_event=self._handle._abort)
+        logger.bind(agent=self._name).debug("agent {} restarted", self._name)
+        while self._deferred and self._awaiting is None and not self._handle.is_done():
+            self._dispatch(self._deferred.popleft())
 
     def _serve(self, request: _Request) -> None:
-        agent = self._agent
+        handle = self._handle
+        if not handle._take(request):
+            return
         try:
-            result = agent.prompt(request.messages)
+            result = self._agent.prompt(request.messages)
         except AgentError as err:
             self._failed(request, err)
             return
-        except BaseException as err:  # never let anything reach Pykka (it would stop_all)
+        except BaseException as err:  # contained: never let anything reach Pykka
             self._failed(request, StreamError(err))
             return
-        with self._cond:
-            self._outstanding.discard(request)
-            if self._status is AgentStatus.RUNNING:
-                self._last_result = result
-                self._consecutive_restarts = 0
-        _settle(request.future, result)
+        self._last_result = result
+        if self._recovering:
+            self._recovering = False
+            self._supervision.recovered(self._key)
+        handle._answer(request, result)
 
     def _failed(self, request: _Request, error: AgentError) -> None:
-        if self._ended.is_set():
-            _settle(request.future, error=error)
+        handle = self._handle
+        if handle.is_done():
+            handle._answer(request, error=error)
             return
-        decision = self._ask_supervisor(error)
-        with self._cond:
-            self._outstanding.discard(request)
-        if (
-            self._ended.is_set() or decision.action is SupervisorAction.ESCALATE
-        ):  # cancelled or shut down while the supervisor decided
-            _settle(request.future, error=error)
-        elif decision.action is SupervisorAction.RESTART:
-            self._restarts += 1
-            self._consecutive_restarts = decision.attempt
-            self._bus.emit(AgentRestarted(self._name, decision.attempt))
-            _settle(request.future, error=error)
-            self._restart(decision)
+        handle._supervising((request, error))
+        self._supervised = True
+        decision = self._supervision.on_failure(self._key, self._name, error, self._budget)
+        if handle.is_done():  # cancelled or shut down while the supervisor decided
+            handle._answer(request, error=error)
+            return
+        if decision.action is SupervisorAction.RESTART:
+            self._handle._published.restarts += 1
+            self._recovering = True
+            handle._answer(request, error=error)
+            self._generation += 1
+            self._awaiting = generation = self._generation
+            ref = self.actor_ref
+            self._supervision.schedule_restart(
+                self._key, decision.delay, lambda: ref.tell(_Restart(generation))
+            )
+        elif decision.action is SupervisorAction.ESCALATE:
+            handle._answer(request, error=error)
         else:
+            handle._supervising(None)
+            with handle._cond:
+                handle._outstanding.discard(request)
             self._end(
                 AgentStatus.FAILED,
                 PluginError(_ORCHESTRATOR, f"agent '{self._name}' stopped by supervisor"),
             )
             _settle(request.future, error=error)
 
-    def _ask_supervisor(self, error: AgentError) -> Decision:
-        failure = AgentFailure(
-            self._name, error, self._consecutive_restarts, self._budget, self._policy
-        )
-        try:
-            decision: Decision = self._supervisor.ask(
-                failure, block=True, timeout=_SUPERVISOR_TIMEOUT_S
-            )
-        except pykka.ActorDeadError:  # supervisor already stopped (late in shutdown)
-            return supervise(failure, self._bus)
-        except pykka.Timeout:
-            self._log.error("supervisor gave no decision in {}s; stopping", _SUPERVISOR_TIMEOUT_S)
-            return Decision(SupervisorAction.STOP, self._consecutive_restarts)
-        return decision
-
-    def _restart(self, decision: Decision) -> None:
-        # Only the restart waits: the failed request was answered, other agents run on.
-        if decision.delay > 0 and self._ended.wait(decision.delay):
-            return
-        try:
-            self._agent = Agent(build_options(self._name, self._factory))
-        except PluginError as err:
-            self._log.error("could not restart agent {}: {}", self._name, err)
-            self._end(AgentStatus.FAILED, err)
-            return
-        self._log.debug("agent {} restarted (attempt {})", self._name, decision.attempt)
-
-
-class _AgentActor(pykka.ThreadingActor):
-    """Serves one handle's requests in order on its own (daemon) thread."""
-
-    use_daemon_thread = True
-
-    def __init__(self, handle: OrchestratedHandle) -> None:
-        super().__init__()
-        self._handle = handle
-
-    def on_start(self) -> None:
-        self._handle.thread = threading.current_thread()
-
-    def on_receive(self, message: Any) -> None:
-        handle = self._handle
-        if message is _DRAIN:
-            handle._end(AgentStatus.COMPLETED, None)
-        elif isinstance(message, _Request) and handle._take(message):
-            handle._serve(message)
+    def _end(self, status: AgentStatus, error: AgentError | None) -> None:
+        self._handle._end(status, error, self._last_result)
 
     def on_failure(self, *exc_info: Any) -> None:
-        error = exc_info[1]
-        self._handle._end(
-            AgentStatus.FAILED, PluginError(_ORCHESTRATOR, f"agent actor crashed: {error!r}")
+        self._end(
+            AgentStatus.FAILED, PluginError(_ORCHESTRATOR, f"agent actor crashed: {exc_info[1]!r}")
         )
 
     def on_stop(self) -> None:
-        # Stopped from outside (e.g. pykka.ActorRegistry.stop_all()): still answer everything.
-        self._handle._end(
-            AgentStatus.CANCELLED, Aborted(f"agent '{self._handle.name}' actor stopped")
-        )
+        # Also reached when stopped from outside (pykka.ActorRegistry.stop_all()): still
+        # answer everything.
+        if self._supervised:
+            self._supervision.forget(self._key)
+        self._end(AgentStatus.CANCELLED, Aborted(f"agent '{self._name}' actor stopped"))
 
 
 class AgentOrchestrator:
@@ -476,13 +556,13 @@ class AgentOrchestrator:
     ) -> None:
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
-        self._policy: SupervisorPolicy | None = None
         self._max_restarts: int | None = None
         self._channel_buffer = 32
         self._bus = EventBus()
+        self._supervision = Supervision(None, self._bus)
         self._handles: dict[int, OrchestratedHandle] = {}  # running, in spawn order
-        self._supervisor_ref: pykka.ActorRef[SupervisorActor] | None = None
-        self._supervisor_threads: list[threading.Thread] = []
+        self._executor: AgentExecutor | None = None
+        self._owns_executor = False
         self._shut_down = False
         if supervisor is not None:
             self.with_supervisor(supervisor)
@@ -496,7 +576,7 @@ class AgentOrchestrator:
         """Use `policy` for agents spawned from now on; returns `self`."""
         if not callable(getattr(policy, "on_agent_error", None)):
             raise TypeError(f"supervisor must have on_agent_error(name, error), got {policy!r}")
-        self._policy = policy
+        self._supervision.policy = policy
         return self
 
     def with_channel_buffer(self, size: int) -> AgentOrchestrator:
@@ -508,12 +588,41 @@ class AgentOrchestrator:
 
     def with_max_restarts(self, max_restarts: int) -> AgentOrchestrator:
         """Default restart budget for agents without their own; returns `self`."""
-        self._max_restarts = _check_budget(max_restarts)
+        self._max_restarts = check_restart_budget(max_restarts)
+        return self
+
+    def with_executor(self, executor: AgentExecutor) -> AgentOrchestrator:
+        """Use `executor` for the steps this orchestrator runs itself; returns `self`."""
+        from actor_orch.executor import AgentExecutor  # noqa: PLC0415 (executor imports us)
+
+        if not isinstance(executor, AgentExecutor):
+            raise TypeError(f"executor must be an AgentExecutor, got {executor!r}")
+        with self._lock:
+            previous, owned = self._executor, self._owns_executor
+            self._executor, self._owns_executor = executor, False
+        if owned and previous is not None and previous is not executor:
+            previous.close()
         return self
 
     @property
+    def executor(self) -> AgentExecutor:
+        """The executor set with `with_executor`, else a `LocalExecutor` made on first use
+        (closed by `shutdown`)."""
+        from actor_orch.executor import LocalExecutor  # noqa: PLC0415 (executor imports us)
+
+        with self._lock:
+            if self._executor is None:
+                self._executor, self._owns_executor = LocalExecutor(self), True
+            return self._executor
+
+    @property
     def supervisor(self) -> SupervisorPolicy | None:
-        return self._policy
+        return self._supervision.policy
+
+    @property
+    def supervision(self) -> Supervision:
+        """The one supervision path of this orchestrator, for agents and steps alike."""
+        return self._supervision
 
     @property
     def channel_buffer(self) -> int:
@@ -545,7 +654,9 @@ class AgentOrchestrator:
             raise ValueError(f"agent name must be a non-empty str, got {name!r}")
         if not callable(factory):
             raise TypeError(f"options_factory of agent '{name}' must be callable, got {factory!r}")
-        budget = None if max_restarts is None else _check_budget(max_restarts)
+        if parent is not None and (not isinstance(parent, str) or not parent):
+            raise TypeError(f"parent of agent '{name}' must be a non-empty str, got {parent!r}")
+        budget = None if max_restarts is None else check_restart_budget(max_restarts)
         with self._lock:
             if parent is not None and parent not in self._entries:
                 raise ValueError(f"parent agent '{parent}' not registered")
@@ -584,7 +695,7 @@ class AgentOrchestrator:
         entry = self._entries.get(name)
         if entry is None:
             raise _not_registered(name)
-        return resolve_restart_budget(entry.max_restarts, self._max_restarts, self._policy)
+        return resolve_restart_budget(entry.max_restarts, self._max_restarts, self.supervisor)
 
     def descendants_of(self, name: str) -> list[str]:
         """Children, grandchildren, ... of `name` (breadth first)."""
@@ -605,25 +716,23 @@ class AgentOrchestrator:
 
     def spawn(self, name: str) -> OrchestratedHandle:
         """Start agent `name` in its own actor; unknown names raise `PluginError`."""
-        entry = self._entries.get(name)
+        entry = self._entries.get(name) if isinstance(name, str) else None
         if entry is None:
             raise _not_registered(name)
+        if self._shut_down:
+            raise PluginError(_ORCHESTRATOR, "orchestrator is shut down")
         options = build_options(name, entry.factory)
         with self._lock:
             if self._shut_down:
                 raise PluginError(_ORCHESTRATOR, "orchestrator is shut down")
-            if self._supervisor_ref is None:
-                self._supervisor_ref = SupervisorActor.start(self._bus, self._supervisor_threads)
             handle = OrchestratedHandle(
                 name,
                 entry.factory,
                 options,
-                policy=self._policy,
-                budget=resolve_restart_budget(entry.max_restarts, self._max_restarts, self._policy),
+                budget=self.restart_budget(name),
                 channel_buffer=self._channel_buffer,
-                supervisor=self._supervisor_ref,
-                bus=self._bus,
-                on_cancel=self._cascade_cancel,
+                supervision=self._supervision,
+                on_end=self._ended,
             )
             self._handles[id(handle)] = handle
         logger.bind(agent=name).debug("spawned agent {}", name)
@@ -633,12 +742,14 @@ class AgentOrchestrator:
     def running(self) -> list[OrchestratedHandle]:
         """Handles not yet ended, in spawn order."""
         with self._lock:
-            self._forget_ended()
             return list(self._handles.values())
 
-    def _forget_ended(self) -> None:
-        for key in [k for k, h in self._handles.items() if h.is_done()]:
-            del self._handles[key]
+    def _ended(self, handle: OrchestratedHandle) -> None:
+        """A handle ended: release it at once; a cancel cascades to its descendants."""
+        with self._lock:
+            self._handles.pop(id(handle), None)
+        if handle.status() is AgentStatus.CANCELLED:
+            self._cascade_cancel(handle)
 
     def _cascade_cancel(self, handle: OrchestratedHandle) -> None:
         """Cascade a cancel to the handles of the agent's descendants."""
@@ -652,7 +763,6 @@ class AgentOrchestrator:
     def _stop_order(self) -> list[OrchestratedHandle]:
         """Children before parents; reverse spawn order otherwise."""
         with self._lock:
-            self._forget_ended()
             pending = list(reversed(self._handles.values()))
         order: list[OrchestratedHandle] = []
         placed: set[int] = set()
@@ -675,16 +785,24 @@ class AgentOrchestrator:
         """Stop every agent (children first) and the supervisor; returns by the deadline.
 
         Queued and in-flight requests may finish until `timeout` seconds have passed; whatever
-        is left is then answered with `Aborted`. Idempotent. A model call that is still blocked
-        keeps its (daemon) thread until it returns.
+        is left is then answered with `Aborted`. Idempotent. Called from inside an agent (a
+        callback, tool or model on its thread), it does not wait for that agent, which ends
+        once the call returns. A model call that is still blocked keeps its (daemon) thread
+        until it returns; its request was answered.
+
+        Raises:
+            TypeError, ValueError: `timeout` is not a finite number >= 0 (nothing is done).
         """
-        deadline = time.monotonic() + max(0.0, timeout)
+        limit = check_timeout(timeout)
+        deadline = time.monotonic() + (limit or 0.0)
         with self._lock:
             self._shut_down = True
-            supervisor, self._supervisor_ref = self._supervisor_ref, None
+            executor = self._executor if self._owns_executor else None
         order = self._stop_order()
         for handle in order:
             handle._close()
+            if handle._on_own_thread():
+                continue
             try:
                 handle._final.result(max(0.0, deadline - time.monotonic()))
             except TimeoutError:
@@ -694,13 +812,9 @@ class AgentOrchestrator:
         grace = deadline + _SHUTDOWN_GRACE_S
         for handle in order:
             handle._join(grace - time.monotonic())
-        if supervisor is not None:
-            with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
-                supervisor.stop(block=True, timeout=max(0.01, grace - time.monotonic()))
-            for thread in self._supervisor_threads:
-                thread.join(max(0.0, grace - time.monotonic()))
-        with self._lock:
-            self._forget_ended()
+        self._supervision.stop(max(0.0, grace - time.monotonic()))
+        if executor is not None:
+            executor.close()
 
     def __enter__(self) -> AgentOrchestrator:
         return self
@@ -716,17 +830,11 @@ class AgentOrchestrator:
 
     def __repr__(self) -> str:
         return (
-            f"<AgentOrchestrator agents={self.names()} supervisor={self._policy!r} "
+            f"<AgentOrchestrator agents={self.names()} supervisor={self.supervisor!r} "
             f"channel_buffer={self._channel_buffer} running={len(self.running())}"
             f"{' shut down' if self._shut_down else ''}>"
         )
 
 
-def _check_budget(value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"max_restarts must be an int >= 0, got {value!r}")
-    return value
-
-
-def _not_registered(name: str) -> PluginError:
+def _not_registered(name: object) -> PluginError:
     return PluginError(_ORCHESTRATOR, f"agent not registered: {name}")

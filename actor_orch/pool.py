@@ -1,51 +1,67 @@
-"""A bounded pool of Pykka actors that runs a function over items and keeps input order.
+"""A long-lived, bounded pool of Pykka worker actors shared by all its callers.
 
-[`run_ordered`][] is the engine under `execute_steps_parallel`. Each call starts its own
-`min(limit, len(items))` worker actors. A worker gets one message, then pulls the next
-unclaimed index from the call's shared state until none is left; there is no future and no
-queue put per item, which is what makes it cheaper than `ThreadPoolExecutor.map`.
+[`ActorPool`][] is to actors what `concurrent.futures.ThreadPoolExecutor` is to threads: work
+goes in as items, each answered through a `concurrent.futures.Future`, and never more than
+`limit` items run at once, however many threads submit. [`ActorPool.map`][] submits a batch
+and collects the futures **in input order**, with an overall timeout and a cancel event.
 
-Every item is answered exactly once: with the value `fn` returned or a [`Failure`][], by a
-worker, by the caller on timeout or cancel, or by the last worker to leave when the others
-died. Nothing raised by `fn` ever reaches Pykka: an exception escaping an actor's
-`on_receive` that is not an `Exception` makes Pykka stop every actor in the process.
+Workers are started on demand (up to `limit`) and wait idle for the next batch; an idle worker
+is a thread blocked on its inbox. A worker runs one item at a time, then takes the next queued
+item of any caller, so the bound belongs to the pool, not to a call.
+
+Nothing raised by an item escapes a worker: any `BaseException` becomes that item's
+[`Failure`][] (an exception escaping Pykka's `on_receive` that is not an `Exception` makes
+Pykka stop every actor in the process).
+
+A call made from inside one of the pool's own items (a step that runs steps) does not wait
+idle for free workers: while its items are queued, the waiting worker runs them itself. The
+nested work thus uses the slot its caller holds, so nesting never deadlocks and never raises
+the number of items running above `limit`.
 
 Example:
-    >>> run_ordered(lambda n: 10 // n, [1, 0, 5], limit=2)
+    >>> with ActorPool(2) as pool:
+    ...     pool.map(lambda n: 10 // n, [1, 0, 5])
     [10, Failure(error=ZeroDivisionError('integer division or modulo by zero')), 2]
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import pykka
 from loguru import logger
 
 from actor_orch.errors import Aborted, PluginError, RequestTimeout
 
-__all__ = ["Failure", "run_ordered"]
+__all__ = ["ActorPool", "Failure", "run_ordered"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-# How often a caller holding a cancel event looks at it; cancelling is noticed within this.
+# How often a caller holding a cancel event looks at it; a cancel is noticed within this.
 _CANCEL_POLL_S = 0.05
-# Upper bound on waiting for finished workers to leave and their threads to end.
-_JOIN_TIMEOUT_S = 2.0
+# After a cancel, how long running items get to notice their abort before they are abandoned.
+_CANCEL_GRACE_S = 0.35
+# Upper bound on joining worker threads in close().
+_JOIN_TIMEOUT_S = 5.0
+
+_RUN = object()  # the one message a worker gets: "take items until none is left"
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Marks an item that did not produce a value; `error` says why.
 
-    `error` is what `fn` raised, or an `AgentError` the pool put there: `RequestTimeout`
-    (the call's timeout expired), `Aborted("cancelled")` (never started because of
-    `cancel`) or `PluginError("pool", ...)` (its worker died).
+    `error` is what the item raised (any `BaseException`), or an `AgentError` the pool put
+    there: `RequestTimeout` (the call's timeout expired), `Aborted` (cancelled before or while
+    it ran, or the pool closed) or `PluginError("pool", ...)` (its worker was stopped).
 
     Example:
         >>> [result] = run_ordered(int, ["x"], limit=1)
@@ -56,159 +72,380 @@ class Failure:
     error: BaseException
 
 
-class _Pending:
-    """Type of the placeholder in a result slot that has not been answered yet."""
+class _Item(Generic[T, R]):
+    """One queued call of `fn(arg)`; whoever claims its future first runs it."""
 
+    __slots__ = ("arg", "claim", "fn", "future")
 
-_PENDING = _Pending()
-
-
-class _Call(Generic[T, R]):
-    """State shared by the caller and the workers of one `run_ordered` call.
-
-    Everything mutable is guarded by `_lock`; `done` is set once every slot is answered
-    and `all_left` once every worker has left.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[[T], R],
-        items: list[T],
-        workers: int,
-        cancel: threading.Event | None,
-    ) -> None:
+    def __init__(self, fn: Callable[[T], R], arg: T) -> None:
         self.fn = fn
-        self.items = items
-        self.cancel = cancel
-        self.results: list[R | Failure | _Pending] = [_PENDING] * len(items)
-        self.done = threading.Event()
-        self.all_left = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._next_index = 0
-        self._unanswered = len(items)
-        self._live_workers = workers
-        self._death: str | None = None
+        self.arg = arg
+        self.future: concurrent.futures.Future[R | Failure] = concurrent.futures.Future()
+        # A worker and a waiting caller may both reach a queued item; the claim decides.
+        self.claim = threading.Lock()
 
-    def _answer(self, index: int, value: R | Failure) -> None:
-        # Caller holds the lock. A slot already answered (by timeout) keeps its answer.
-        if self.results[index] is _PENDING:
-            self.results[index] = value
-            self._unanswered -= 1
-            if self._unanswered == 0:
-                self.done.set()
-
-    def _claim(self) -> int | None:
-        # Caller holds the lock. close() and leave() stop claiming by moving _next_index.
-        if self._next_index >= len(self.items):
-            return None
-        if self.cancel is not None and self.cancel.is_set():
-            return None
-        index = self._next_index
-        self._next_index += 1
-        return index
-
-    def work(self) -> None:
-        """Run items until none is left to claim; called by a worker, never raises from `fn`."""
-        with self._lock:
-            index = self._claim()
-        while index is not None:
-            try:
-                value: R | Failure = self.fn(self.items[index])
-            except BaseException as exc:  # a step may raise anything; it is its answer
-                value = Failure(exc)
-            # Answering and claiming the next item under one lock halves the lock traffic.
-            with self._lock:
-                self._answer(index, value)
-                index = self._claim()
-
-    def add_thread(self, thread: threading.Thread) -> None:
-        with self._lock:
-            self.threads.append(thread)
-
-    def leave(self, death: str | None = None) -> None:
-        """Record that a worker left (`death` says why if it did not finish its loop).
-
-        The last worker to leave answers whatever no worker can answer any more.
-        """
-        with self._lock:
-            if death is not None and self._death is None:
-                self._death = death
-            self._live_workers -= 1
-            if self._live_workers > 0:
-                return
-            cancelled = self.cancel is not None and self.cancel.is_set()
-            for index in range(len(self.items)):
-                if self.results[index] is not _PENDING:
-                    continue
-                if cancelled and index >= self._next_index:
-                    error: BaseException = Aborted("cancelled")
-                else:
-                    error = PluginError("pool", f"worker died: {self._death or 'unknown'}")
-                self._answer(index, Failure(error))
-            self._next_index = len(self.items)
-        self.all_left.set()
-
-    def close(self, unclaimed: Failure, running: Failure | None = None) -> None:
-        """Stop claiming; answer unclaimed items, and still-running ones if `running` is given."""
-        with self._lock:
-            for index in range(len(self.items)):
-                if self.results[index] is not _PENDING:
-                    continue
-                if index >= self._next_index:
-                    self._answer(index, unclaimed)
-                elif running is not None:
-                    self._answer(index, running)
-            self._next_index = len(self.items)
-
-    def worker_threads(self) -> list[threading.Thread]:
-        with self._lock:
-            return list(self.threads)
-
-    def answers(self) -> list[R | Failure]:
-        with self._lock:
-            # Every slot is answered once `done` is set, so no placeholder remains.
-            return cast("list[R | Failure]", list(self.results))
+    def run(self) -> None:
+        """Run the item unless someone else claimed it (or it was cancelled)."""
+        if not self.claim.acquire(blocking=False):
+            return  # claimed by someone else
+        if not self.future.set_running_or_notify_cancel():
+            return  # cancelled while queued
+        try:
+            value: R | Failure = self.fn(self.arg)
+        except BaseException as exc:  # an item may raise anything; it is its answer
+            value = Failure(exc)
+        self.future.set_result(value)
 
 
 class _Worker(pykka.ThreadingActor):
-    """One worker of one call: drains the call's items on its first message, then stops."""
+    """Runs queued items of its pool until none is left, then waits idle for `_RUN`."""
 
     use_daemon_thread = True
 
-    def __init__(self, call: _Call[Any, Any]) -> None:
+    def __init__(self, pool: ActorPool) -> None:
         super().__init__()
-        self._call = call
-        self._left = False
-
-    def _leave(self, death: str | None = None) -> None:
-        # on_receive, on_stop and on_failure all run on this actor's thread, so no lock.
-        if not self._left:
-            self._left = True
-            self._call.leave(death)
+        self._pool = pool
+        self._current: _Item[Any, Any] | None = None
 
     def on_start(self) -> None:
-        self._call.add_thread(threading.current_thread())
+        self._pool._started(threading.current_thread())
 
     def on_receive(self, message: Any) -> None:
-        if self._left:
+        if message is not _RUN:
             return
-        death = None
-        try:
-            self._call.work()
-        except BaseException as exc:  # escaping would make Pykka stop all actors
-            logger.opt(exception=exc).error("pool worker {} died", self.actor_urn)
-            death = f"{type(exc).__name__}: {exc}"
-        finally:
-            self._leave(death)
-        self.stop()
+        pool, me = self._pool, self.actor_ref
+        item = pool._next(me)
+        while item is not None:
+            self._current = item
+            item.run()  # contains everything the item raises
+            self._current = None
+            item = pool._next(me)
 
     def on_stop(self) -> None:
-        # Reached without on_receive when someone stopped us before our message arrived.
-        self._leave("stopped before it ran")
+        self._pool._gone(self.actor_ref, self._current, "stopped")
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        self._leave(f"failed: {exception_value!r}")
+        self._pool._gone(self.actor_ref, self._current, f"failed: {exception_value!r}")
+
+
+class ActorPool:
+    """At most `limit` items at once, across every caller; futures collected in input order.
+
+    Thread-safe. Use it as a context manager or call [`close`][]; a pool that is never closed
+    keeps idle daemon threads, which never stop the interpreter from exiting.
+
+    Example:
+        >>> pool = ActorPool(4)
+        >>> pool.map(str.upper, ["a", "b", "c"])
+        ['A', 'B', 'C']
+        >>> future = pool.submit(len, "four")
+        >>> future.result(timeout=5)
+        4
+        >>> pool.close()
+        >>> pool
+        <ActorPool limit=4 busy=0 idle=0 queued=0 closed>
+    """
+
+    def __init__(self, limit: int) -> None:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._queue: deque[_Item[Any, Any]] = deque()
+        self._idle: list[pykka.ActorRef[_Worker]] = []
+        self._busy = 0  # workers told to run and not idle again yet
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[[T], R], arg: T) -> concurrent.futures.Future[R | Failure]:
+        """Queue `fn(arg)`; its future holds the value or a [`Failure`][]."""
+        [item] = self._enqueue(fn, [arg])
+        return item.future
+
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> list[R | Failure]:
+        """Run `fn(item)` for every item; one answer per item, in input order.
+
+        Each answer is `fn`'s value, or a [`Failure`][] holding what it raised.
+
+        Args:
+            fn: called once per item, on a worker thread.
+            items: the inputs; empty means `[]` at once.
+            timeout: overall seconds (> 0). When it expires, queued items are withdrawn and
+                every unanswered item gets `Failure(RequestTimeout)` at once; an item still
+                running is abandoned (it keeps its worker until it returns).
+            cancel: once set, queued items are withdrawn with `Failure(Aborted("cancelled"))`,
+                `on_cancel` is called, and running items get a short grace (about 0.35 s) to
+                finish before they too are answered `Aborted`; the call returns within 0.5 s
+                of the cancel.
+            on_cancel: called once, on the calling thread, when the cancel is noticed.
+
+        Raises:
+            ValueError: `timeout` is not a finite number > 0.
+            RuntimeError: the pool is closed.
+        """
+        if timeout is not None:
+            _check_positive("timeout", timeout)
+        if cancel is not None and cancel.is_set():
+            _notify(on_cancel)
+            return [Failure(Aborted("cancelled")) for _ in items]
+        todo = self._enqueue(fn, list(items))
+        if not todo:
+            return []
+        return _Collect(self, todo, timeout, cancel, on_cancel).answers()
+
+    def _enqueue(self, fn: Callable[[T], R], args: list[T]) -> list[_Item[T, R]]:
+        items = [_Item(fn, arg) for arg in args]
+        if not items:
+            return items
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot submit to a closed pool")
+            self._queue.extend(items)
+            wake = min(len(self._queue), self.limit - self._busy)
+            woken = [self._idle.pop() for _ in range(min(wake, len(self._idle)))]
+            self._busy += wake
+        for ref in woken:
+            self._tell_run(ref)
+        for _ in range(wake - len(woken)):
+            self._start_worker()
+        return items
+
+    def _start_worker(self) -> None:
+        try:
+            ref = _Worker.start(self)
+        except Exception as exc:  # e.g. no thread can be started: the others carry on
+            logger.opt(exception=exc).error("could not start a pool worker")
+            self._worker_lost(None, f"could not start: {exc!r}")
+            return
+        self._tell_run(ref)
+
+    def _tell_run(self, ref: pykka.ActorRef[_Worker]) -> None:
+        # A worker stopped from outside meanwhile was accounted for by its on_stop.
+        with contextlib.suppress(pykka.ActorDeadError):
+            ref.tell(_RUN)
+
+    # -- the workers' side -----------------------------------------------------------------
+
+    def _started(self, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.add(thread)
+
+    def _next(self, worker: pykka.ActorRef[_Worker]) -> _Item[Any, Any] | None:
+        """The next queued item for `worker`, or None: it is idle (or stops, when closed)."""
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            self._busy -= 1
+            if not self._closed:
+                self._idle.append(worker)
+                return None
+        worker.stop(block=False)
+        return None
+
+    def _gone(
+        self, worker: pykka.ActorRef[_Worker], current: _Item[Any, Any] | None, why: str
+    ) -> None:
+        """A worker stopped (from outside, or after close): answer its item, keep the count."""
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+                return
+            if self._closed and current is None:
+                return  # it left through _next after close
+        self._worker_lost(current, why)
+
+    def _worker_lost(self, current: _Item[Any, Any] | None, why: str) -> None:
+        if current is not None and not current.future.done():
+            current.future.set_result(Failure(PluginError("pool", f"worker {why}")))
+        with self._lock:
+            self._busy -= 1
+            replace = bool(self._queue) and not self._closed
+            if replace:
+                self._busy += 1
+            orphans = [] if self._busy > 0 or replace else list(self._queue)
+            if orphans:
+                self._queue.clear()
+        for item in orphans:
+            _answer_unrun(item, Failure(PluginError("pool", f"no worker left: {why}")))
+        if replace:
+            self._start_worker()
+
+    # -- waiting callers that are workers of this pool -----------------------------------
+
+    def _is_worker_thread(self) -> bool:
+        return threading.current_thread() in self._threads
+
+    # -- teardown --------------------------------------------------------------------------
+
+    def close(self, timeout: float = _JOIN_TIMEOUT_S) -> None:
+        """Refuse new work, withdraw queued items (`Aborted`), stop the workers.
+
+        Running items finish on their workers; their threads are joined for at most
+        `timeout` seconds (a worker stuck in an item is left to end on its own). Idempotent.
+        """
+        _check_non_negative("timeout", timeout)
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            queued = list(self._queue)
+            self._queue.clear()
+            idle, self._idle = self._idle, []
+            threads = list(self._threads)
+        if already:
+            return
+        for item in queued:
+            _answer_unrun(item, Failure(Aborted("pool closed")))
+        for ref in idle:
+            ref.stop(block=False)
+        deadline = time.monotonic() + timeout
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return (
+            f"<ActorPool limit={self.limit} busy={self._busy} idle={len(self._idle)} "
+            f"queued={len(self._queue)}{state}>"
+        )
+
+
+class _Collect(Generic[T, R]):
+    """One `map` call waiting for its items, in order, with timeout and cancel."""
+
+    def __init__(
+        self,
+        pool: ActorPool,
+        items: list[_Item[T, R]],
+        timeout: float | None,
+        cancel: threading.Event | None,
+        on_cancel: Callable[[], None] | None,
+    ) -> None:
+        self.pool = pool
+        self.items = items
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.cancel = cancel
+        self.on_cancel = on_cancel
+        self.helping = pool._is_worker_thread()
+
+    def answers(self) -> list[R | Failure]:
+        answers: list[R | Failure] = []
+        for index, item in enumerate(self.items):
+            if not self._wait(index):
+                return answers + self._give_up(index)
+            answers.append(_value(item.future))
+        return answers
+
+    def _wait(self, index: int) -> bool:
+        """Wait for item `index`; False when the timeout expired or the cancel came first."""
+        future = self.items[index].future
+        polling = self.cancel is not None or self.deadline is not None
+        while not future.done():
+            if self.helping and self._run_one_inline(index):
+                continue
+            if self.cancel is not None and self.cancel.is_set():
+                return False
+            remaining = None if self.deadline is None else self.deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            wait = _CANCEL_POLL_S if polling else None
+            if remaining is not None:
+                wait = min(wait or remaining, remaining)
+            _wait_for(future, wait)
+        return True
+
+    def _run_one_inline(self, start: int) -> bool:
+        """Run the first still-queued item from `start` on this (worker) thread."""
+        for item in self.items[start:]:
+            if not item.claim.locked() and not item.future.done():
+                item.run()
+                return True
+        return False
+
+    def _give_up(self, start: int) -> list[R | Failure]:
+        """Answer items `start..` after a timeout or a cancel; queued ones are withdrawn."""
+        rest = self.items[start:]
+        for item in rest:
+            item.future.cancel()  # only succeeds while it is still queued
+        cancelled = self.cancel is not None and self.cancel.is_set()
+        if cancelled:
+            _notify(self.on_cancel)
+            grace_end = time.monotonic() + _CANCEL_GRACE_S
+            if self.deadline is not None:
+                grace_end = min(grace_end, self.deadline)
+            for item in rest:
+                _wait_for(item.future, max(0.0, grace_end - time.monotonic()))
+            error: BaseException = Aborted("cancelled")
+        else:
+            error = RequestTimeout(f"step did not finish within {self.timeout:g}s")
+            logger.info("pool call timed out with {} item(s) unanswered", len(rest))
+        out: list[R | Failure] = []
+        for item in rest:
+            future = item.future
+            if future.done() and not future.cancelled():
+                out.append(future.result())
+            else:
+                out.append(Failure(error))
+        return out
+
+
+def _answer_unrun(item: _Item[Any, Any], answer: Failure) -> None:
+    """Answer a queued item that will never run, unless it was claimed or cancelled."""
+    if item.claim.acquire(blocking=False) and item.future.set_running_or_notify_cancel():
+        item.future.set_result(answer)
+
+
+def _wait_for(future: concurrent.futures.Future[Any], timeout: float | None) -> None:
+    """Wait until `future` is done or `timeout` passes (cheaper than `futures.wait`)."""
+    with contextlib.suppress(TimeoutError, concurrent.futures.CancelledError):
+        future.exception(timeout)
+
+
+def _value(future: concurrent.futures.Future[R | Failure]) -> R | Failure:
+    if future.cancelled():
+        return Failure(Aborted("cancelled"))
+    return future.result()
+
+
+def _notify(on_cancel: Callable[[], None] | None) -> None:
+    if on_cancel is None:
+        return
+    try:
+        on_cancel()
+    except BaseException as exc:  # a broken callback must not lose the answers
+        logger.opt(exception=exc).error("on_cancel callback raised")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e12:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e12:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 def run_ordered(
@@ -220,101 +457,14 @@ def run_ordered(
     cancel: threading.Event | None = None,
     on_cancel: Callable[[], None] | None = None,
 ) -> list[R | Failure]:
-    """Run `fn(item)` for every item, at most `limit` at once; one answer per item, in order.
+    """[`ActorPool.map`][] on a pool of its own, closed when the call returns.
 
-    Each answer is `fn`'s value, or a [`Failure`][] holding what `fn` raised (any
-    `BaseException`; one item's failure never disturbs the others).
-
-    Args:
-        fn: called once per item, on a worker thread.
-        items: the inputs; empty means `[]` at once and no worker started.
-        limit: most items running at once (>= 1).
-        timeout: overall seconds (> 0). When it expires, nothing new starts, every item not
-            answered yet gets `Failure(RequestTimeout)`, and the call returns at once; a
-            worker still inside `fn` is abandoned and its late result discarded.
-        cancel: once set, nothing new starts and unstarted items get
-            `Failure(Aborted("cancelled"))`; running items finish and keep their results.
-        on_cancel: called once, on the calling thread, when the call notices `cancel` is set
-            (within about 50 ms, or when it returns).
-
-    Raises:
-        ValueError: `limit` < 1 or `timeout` <= 0.
+    Example:
+        >>> run_ordered(lambda n: n * n, range(5), limit=2)
+        [0, 1, 4, 9, 16]
     """
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-    # A private copy: the caller may change its sequence while workers index into ours.
-    todo = list(items)
-    if not todo:
-        return []
-    workers = min(limit, len(todo))
-    call: _Call[T, R] = _Call(fn, todo, workers, cancel)
-    for _ in range(workers):
-        _start_worker(call)
-
-    if not _wait(call, timeout, cancel, on_cancel):
-        logger.info("run_ordered timed out after {:g}s", timeout)
-        timed_out = Failure(RequestTimeout(f"step did not finish within {timeout:g}s"))
-        call.close(timed_out, running=timed_out)
-        # Workers still inside fn are abandoned: daemon threads that end when fn returns.
-        return call.answers()
-    _join_workers(call)
-    return call.answers()
-
-
-def _start_worker(call: _Call[Any, Any]) -> None:
+    pool = ActorPool(limit)
     try:
-        _Worker.start(call).tell(None)
-    except pykka.ActorDeadError:
-        # Stopped between start and tell: its on_stop has already left the call.
-        logger.warning("pool worker stopped before it got its work")
-    except Exception as exc:  # e.g. no thread can be started; items still get answers
-        logger.opt(exception=exc).error("could not start a pool worker")
-        call.leave(f"could not start: {type(exc).__name__}: {exc}")
-
-
-def _wait(
-    call: _Call[Any, Any],
-    timeout: float | None,
-    cancel: threading.Event | None,
-    on_cancel: Callable[[], None] | None,
-) -> bool:
-    """Wait until every item is answered; False when `timeout` expired first."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    if cancel is not None:
-        # Poll in slices only when there is a cancel event to notice.
-        while not (cancel.is_set() or call.done.is_set()):
-            remaining = _remaining(deadline)
-            if remaining == 0.0:
-                break
-            call.done.wait(_CANCEL_POLL_S if remaining is None else min(_CANCEL_POLL_S, remaining))
-        if cancel.is_set():
-            call.close(Failure(Aborted("cancelled")))
-            _notify_cancel(on_cancel)
-    return call.done.wait(_remaining(deadline))
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _notify_cancel(on_cancel: Callable[[], None] | None) -> None:
-    if on_cancel is None:
-        return
-    try:
-        on_cancel()
-    except Exception as exc:  # a broken callback must not lose the answers
-        logger.opt(exception=exc).error("on_cancel callback raised")
-
-
-def _join_workers(call: _Call[Any, Any]) -> None:
-    """Let the workers of a finished call end, so no thread outlives it; bounded."""
-    deadline = time.monotonic() + _JOIN_TIMEOUT_S
-    if not call.all_left.wait(_JOIN_TIMEOUT_S):
-        logger.warning("pool workers still running {:g}s after their call", _JOIN_TIMEOUT_S)
-        return
-    current = threading.current_thread()
-    for thread in call.worker_threads():
-        if thread is not current:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        return pool.map(fn, items, timeout=timeout, cancel=cancel, on_cancel=on_cancel)
+    finally:
+        pool.close(timeout=0.0 if timeout is not None or cancel is not None else _JOIN_TIMEOUT_S)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from actor_orch.events import Event, EventCallback, StepStarted, deliver
+from actor_orch.events import Event, EventBus, EventCallback, StepStarted
 from actor_orch.executor import (
     AgentExecutor,
     AgentStepSpec,
@@ -38,7 +38,7 @@ from actor_orch.executor import (
     run_step,
 )
 from actor_orch.orchestrator import OptionsFactory
-from actor_orch.supervisor import SupervisorPolicy
+from actor_orch.supervisor import Supervision, SupervisorPolicy
 
 try:
     import ray
@@ -69,9 +69,18 @@ class StepWorker:
         restart_budget: int,
     ) -> tuple[StepOutcome, list[Event]]:
         events: list[Event] = []
-        outcome = run_step(
-            spec, factory, policy=policy, restart_budget=restart_budget, events=events.append
-        )
+        # The same supervision path as a local step; its state lives for this step only.
+        supervision = Supervision(policy, EventBus())
+        try:
+            outcome = run_step(
+                spec,
+                factory,
+                supervision=supervision,
+                restart_budget=restart_budget,
+                events=events.append,
+            )
+        finally:
+            supervision.stop(1.0)
         return outcome, events
 
     def ping(self) -> bool:
@@ -141,9 +150,12 @@ class RayExecutor(AgentExecutor):
             return StepOutcome.failed(spec.task_id, spec.agent, "RayExecutor is closed")
         factory = orchestrator.options_factory(spec.agent)
         if factory is None:  # the shared step logic reports the unknown agent, with its events
-            return run_step(spec, None, policy=None, restart_budget=0, events=events)
+            return run_step(
+                spec, None, supervision=orchestrator.supervision, restart_budget=0, events=events
+            )
         budget = orchestrator.restart_budget(spec.agent)
-        deliver(events, StepStarted(spec.task_id, spec.agent))
+        publish = orchestrator.supervision.publish
+        publish(StepStarted(spec.task_id, spec.agent), events)
         try:
             slot = self._slots.get(timeout=_SLOT_TIMEOUT_S)
         except queue.Empty:
@@ -154,7 +166,7 @@ class RayExecutor(AgentExecutor):
             self._slots.put(slot)
         for event in remote_events:
             if not isinstance(event, StepStarted):  # already delivered when the step began
-                deliver(events, event)
+                publish(event, events)
         return outcome
 
     def _run_remote(
@@ -189,6 +201,7 @@ class RayExecutor(AgentExecutor):
 
     def close(self) -> None:
         """Kill the workers; shut Ray down if this executor started it. Idempotent."""
+        super().close()  # the local pool that waits on Ray
         with self._lock:
             if self._closed:
                 return

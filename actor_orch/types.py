@@ -29,7 +29,6 @@ __all__ = [
     "ContentBlock",
     "Cost",
     "StopReason",
-    "SupervisorAction",
     "TextContent",
     "ToolCall",
     "ToolResultMessage",
@@ -59,14 +58,6 @@ class AgentStatus(enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-
-class SupervisorAction(enum.Enum):
-    """What the supervisor does with an agent whose request failed."""
-
-    RESTART = "restart"
-    STOP = "stop"
-    ESCALATE = "escalate"
 
 
 class TextContent(msgspec.Struct, tag="text"):

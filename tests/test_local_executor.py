@@ -54,7 +54,18 @@ def test_each_step_runs_on_a_fresh_agent_so_no_history_leaks() -> None:
 def test_outcome_carries_session_id_agent_and_final_text() -> None:
     orch = orchestrator_with(lambda: AgentOptions(EchoModel()))
     [outcome] = execute_steps_parallel(LocalExecutor(orch), [spec("t1", prompt="hello")])
-    assert outcome == ao.StepOutcome("t1", "task-run-t1", "a", "hello", True)
+    assert outcome.duration_s is not None
+    assert outcome.duration_s >= 0
+    assert outcome == ao.StepOutcome(
+        "t1",
+        "task-run-t1",
+        "a",
+        "hello",
+        True,
+        stop_reason="stop",
+        usage=ao.Usage(),
+        duration_s=outcome.duration_s,
+    )
 
 
 def test_unknown_agent_is_a_failed_outcome_naming_it() -> None:

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actor_orch import pool
-from actor_orch.errors import Aborted, PluginError, RequestTimeout
-from actor_orch.pool import Failure, run_ordered
+from actor_orch.errors import Aborted, RequestTimeout
+from actor_orch.pool import ActorPool, Failure, run_ordered
 
 WAIT_S = 5.0  # generous bound for any synchronisation wait in these tests
 
@@ -133,64 +132,59 @@ def test_system_exit_in_a_step_is_a_failure_and_other_actors_keep_running(
     assert bystander.ask("still here", timeout=WAIT_S) == "still here"
 
 
-def test_items_of_a_dead_worker_are_answered_by_the_survivors(
-    monkeypatch: pytest.MonkeyPatch, bystander: pykka.ActorRef[Bystander]
-) -> None:
-    original_work = pool._Call.work
-    killed = threading.Event()
+def test_workers_stopped_from_outside_finish_their_items_and_are_replaced() -> None:
+    pool = ActorPool(2)
+    try:
 
-    def work_or_die(call: pool._Call[Any, Any]) -> None:
-        if not killed.is_set():
-            killed.set()
-            raise MemoryError("simulated worker death")
-        original_work(call)
+        def step(n: int) -> int:
+            if n == 1:
+                pykka.ActorRegistry.stop_all(block=False)  # a hostile bystander
+            return n
 
-    monkeypatch.setattr(pool._Call, "work", work_or_die)
-    assert run_ordered(lambda n: n + 1, range(20), limit=3) == list(range(1, 21))
-    assert bystander.is_alive()
-
-
-def test_item_held_by_a_worker_that_died_is_answered_with_a_plugin_error(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    original_work = pool._Call.work
-    killed = threading.Event()
-    held: list[int | None] = []
-
-    def claim_then_die(call: pool._Call[Any, Any]) -> None:
-        if not killed.is_set():
-            killed.set()
-            with call._lock:
-                held.append(call._claim())
-            raise MemoryError("died holding an item")
-        original_work(call)
-
-    monkeypatch.setattr(pool._Call, "work", claim_then_die)
-    results = run_ordered(lambda n: n, range(10), limit=3, timeout=WAIT_S)
-    [index] = held
-    assert index is not None
-    lost = results[index]
-    assert isinstance(lost, Failure)
-    assert isinstance(lost.error, PluginError)
-    assert "worker died: MemoryError: died holding an item" in str(lost.error)
-    assert [r for n, r in enumerate(results) if n != index] == [n for n in range(10) if n != index]
+        assert pool.map(step, range(6)) == list(range(6))
+        assert wait_for(lambda: "idle=0" in repr(pool))
+        assert pool.map(lambda n: n + 1, range(4)) == [1, 2, 3, 4]
+    finally:
+        pool.close()
 
 
-def test_when_every_worker_dies_each_item_is_answered_with_a_plugin_error(
-    monkeypatch: pytest.MonkeyPatch, bystander: pykka.ActorRef[Bystander]
-) -> None:
-    def die(call: pool._Call[Any, Any]) -> None:
-        raise MemoryError("simulated worker death")
+def test_limit_holds_across_concurrent_callers_of_one_pool() -> None:
+    pool = ActorPool(2)
+    lock = threading.Lock()
+    running = peak = 0
 
-    monkeypatch.setattr(pool._Call, "work", die)
-    results = run_ordered(lambda n: n, range(5), limit=2, timeout=WAIT_S)
-    assert len(results) == 5
-    for result in results:
-        assert isinstance(result, Failure)
-        assert isinstance(result.error, PluginError)
-        assert "worker died" in str(result.error)
-        assert "simulated worker death" in str(result.error)
-    assert bystander.is_alive()
+    def step(n: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.002)  # widen the window in which an overrun would show
+        with lock:
+            running -= 1
+        return n
+
+    answers: dict[int, list[int | Failure]] = {}
+
+    def caller(k: int) -> None:
+        answers[k] = pool.map(step, range(k * 10, k * 10 + 10))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    pool.close()
+    assert peak <= 2
+    assert answers == {k: list(range(k * 10, k * 10 + 10)) for k in range(3)}
+
+
+def test_closed_pool_refuses_work_and_close_is_idempotent() -> None:
+    pool = ActorPool(1)
+    assert pool.map(str, [1]) == ["1"]
+    pool.close()
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.map(str, [1])
 
 
 def test_timeout_answers_unfinished_items_promptly_and_discards_late_results() -> None:

@@ -1,0 +1,202 @@
+"""The logic of one step, shared by every executor (local pool workers and Ray actors).
+
+[`run_step`][] builds a fresh agent from the options factory, prompts it with the spec's
+prompt, validates structured output (with repair re-prompts), and turns every failure into a
+failed [`StepOutcome`][]. Failures go through the given [`Supervision`][]: the same policy
+calls, budget and events as a spawned agent; a RESTART rebuilds the agent and runs the step
+again.
+
+Example:
+    >>> from actor_orch import AgentOptions, EchoModel
+    >>> from actor_orch.events import EventBus
+    >>> spec = AgentStepSpec("t1", "echo", "say", "hello")
+    >>> outcome = run_step(spec, lambda: AgentOptions(EchoModel()),
+    ...                    supervision=Supervision(None, EventBus()), restart_budget=0)
+    >>> outcome.output, outcome.success, outcome.stop_reason
+    ('hello', True, 'stop')
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from loguru import logger
+
+from actor_orch.agent import Agent
+from actor_orch.errors import Aborted, AgentError, StreamError, StructuredOutputFailed
+from actor_orch.events import EventCallback, StepFinished, StepStarted
+from actor_orch.orchestrator import OptionsFactory, build_options
+from actor_orch.spec import AgentStepSpec, StepOutcome
+from actor_orch.structured import InvalidOutput, check_schema, parse_structured, repair_prompt
+from actor_orch.supervisor import Supervision, SupervisorAction
+from actor_orch.types import AgentResult, AssistantMessage, StopReason, Usage
+
+__all__ = ["MAX_STRUCTURED_REPAIRS", "run_step", "turn_limit_reached"]
+
+# Repair re-prompts after the first structured answer, so at most 3 answers in all.
+MAX_STRUCTURED_REPAIRS = 2
+
+
+def turn_limit_reached(result: AgentResult) -> bool:
+    """True when `result` ended because `max_turns` ran out while the model still asked for
+    tools; False for a reply cut off at the model's token limit (also `StopReason.LENGTH`)."""
+    if result.stop_reason is not StopReason.LENGTH:
+        return False
+    last = result.messages[-1] if result.messages else None
+    return not isinstance(last, AssistantMessage)
+
+
+def run_step(
+    spec: AgentStepSpec,
+    factory: OptionsFactory | None,
+    *,
+    supervision: Supervision,
+    restart_budget: int,
+    events: EventCallback | None = None,
+    abort: threading.Event | None = None,
+) -> StepOutcome:
+    """Run one step on a fresh agent from `factory`; never raises.
+
+    Publishes `StepStarted`, then `AgentFailed`/`AgentRestarted` per failure, then
+    `StepFinished`, to `events` and to the supervision's subscribers. `abort` (set by a cancel
+    or a timeout) stops the step at its next model or tool boundary and cuts a restart backoff
+    short. The outcome carries the final stop reason, the usage summed over every prompt of the
+    step (restarts and repairs included) and the step's wall time.
+    """
+    supervision.publish(StepStarted(spec.task_id, spec.agent), events)
+    started = time.monotonic()
+    usage = Usage()
+    child = object()  # this step's identity for the supervisor
+    try:
+        outcome, usage = _run(
+            spec,
+            factory=factory,
+            supervision=supervision,
+            budget=restart_budget,
+            events=events,
+            abort=abort,
+            child=child,
+        )
+    except BaseException as err:  # a bug or hostile user code must still give an outcome
+        logger.opt(exception=True).error("step {} crashed", spec.task_id)
+        outcome = StepOutcome.failed(spec.task_id, spec.agent, f"{type(err).__name__}: {err}")
+    finally:
+        supervision.forget(child)
+    duration = time.monotonic() - started
+    outcome.usage = usage
+    outcome.duration_s = duration
+    if not outcome.success:
+        logger.bind(task_id=spec.task_id, agent=spec.agent).warning(
+            "step {} failed: {}", spec.task_id, outcome.output
+        )
+    supervision.publish(StepFinished(spec.task_id, spec.agent, outcome.success, duration), events)
+    return outcome
+
+
+def _run(
+    spec: AgentStepSpec,
+    *,
+    factory: OptionsFactory | None,
+    supervision: Supervision,
+    budget: int,
+    events: EventCallback | None,
+    abort: threading.Event | None,
+    child: object,
+) -> tuple[StepOutcome, Usage]:
+    usage = Usage()
+    if factory is None:
+        return StepOutcome.failed(
+            spec.task_id, spec.agent, f"agent not registered: {spec.agent}"
+        ), usage
+    # One event for the whole step: it aborts the agent and cuts a restart backoff short.
+    abort = abort if abort is not None else threading.Event()
+    if spec.output_schema is not None:
+        try:
+            check_schema(spec.output_schema)
+        except InvalidOutput as err:
+            return StepOutcome.failed(spec.task_id, spec.agent, str(err)), usage
+    while True:
+        attempt = _Attempt(spec, abort)
+        try:
+            options = build_options(spec.agent, factory)
+            if spec.max_steps is not None:
+                options = options.replace(max_turns=spec.max_steps)
+            outcome = attempt.run(Agent(options, abort_event=abort))
+            return outcome, usage + attempt.usage
+        except Aborted as err:
+            return StepOutcome.failed(spec.task_id, spec.agent, f"cancelled: {err}"), usage
+        except BaseException as caught:
+            error = caught if isinstance(caught, AgentError) else StreamError(caught)
+            usage += attempt.usage
+            decision = supervision.on_failure(child, spec.agent, error, budget, events)
+            if decision.action is not SupervisorAction.RESTART:
+                message = f"{type(error).__name__}: {error}"
+                return StepOutcome.failed(spec.task_id, spec.agent, message), usage
+            if decision.delay > 0 and abort.wait(decision.delay):
+                return StepOutcome.failed(
+                    spec.task_id, spec.agent, "cancelled during backoff"
+                ), usage
+
+
+class _Attempt:
+    """One try of a step on one agent: the prompt and its structured-output repairs."""
+
+    def __init__(self, spec: AgentStepSpec, abort: threading.Event) -> None:
+        self.spec = spec
+        self.abort = abort
+        self.usage = Usage()
+
+    def _prompt(self, agent: Agent, text: str) -> AgentResult:
+        result = agent.prompt_text(text, output_schema=self.spec.output_schema)
+        self.usage += result.usage
+        return result
+
+    def run(self, agent: Agent) -> StepOutcome:
+        spec = self.spec
+        schema = spec.output_schema
+        result = self._prompt(agent, spec.prompt)
+        for attempt in range(1, MAX_STRUCTURED_REPAIRS + 2):
+            why = _why_unfinished(result, spec)
+            if why is not None:
+                return _outcome(spec, result, why, success=False)
+            if schema is None:
+                return _outcome(spec, result, result.text, success=True)
+            try:
+                value = parse_structured(result.text, schema)
+            except InvalidOutput as err:
+                if attempt > MAX_STRUCTURED_REPAIRS:
+                    failure = StructuredOutputFailed(attempt, str(err))
+                    return _outcome(spec, result, str(failure), success=False)
+                result = self._prompt(agent, repair_prompt(str(err)))
+                continue
+            outcome = _outcome(spec, result, result.text, success=True)
+            outcome.structured = value
+            return outcome
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+
+def _outcome(
+    spec: AgentStepSpec, result: AgentResult, output: str, *, success: bool
+) -> StepOutcome:
+    return StepOutcome(
+        spec.task_id,
+        f"task-run-{spec.task_id}",
+        spec.agent,
+        output,
+        success,
+        stop_reason=result.stop_reason.value,
+    )
+
+
+def _why_unfinished(result: AgentResult, spec: AgentStepSpec) -> str | None:
+    """Why `result` is not a finished answer, or None: a final reply, or one truncated at the
+    model's token limit (kept: it is text the model produced, not a failure)."""
+    if result.stop_reason is StopReason.STOP:
+        return None
+    if turn_limit_reached(result):
+        limit = "" if spec.max_steps is None else f" (max_steps={spec.max_steps})"
+        return f"step stopped at the turn limit{limit} before a final answer"
+    if result.stop_reason is StopReason.LENGTH:
+        return None
+    return f"step ended with stop_reason={result.stop_reason.value}"
