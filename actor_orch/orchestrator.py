@@ -474,9 +474,7 @@ class _AgentActor(pykka.ThreadingActor):
             self._failed(request, StreamError(err))
             return
         self._last_result = result
-        if self._recovering:
-            self._recovering = False
-            self._supervision.recovered(self._key)
+        self._recovering = False
         handle._answer(request, result)
 
     def _failed(self, request: _Request, error: AgentError) -> None:
@@ -486,7 +484,9 @@ class _AgentActor(pykka.ThreadingActor):
             return
         handle._supervising((request, error))
         self._supervised = True
-        decision = self._supervision.on_failure(self._key, self._name, error, self._budget)
+        decision = self._supervision.on_failure(
+            self._key, self._name, error, self._budget, recovered=not self._recovering
+        )
         if handle.is_done():  # cancelled or shut down while the supervisor decided
             handle._answer(request, error=error)
             return
@@ -497,9 +497,12 @@ class _AgentActor(pykka.ThreadingActor):
             self._generation += 1
             self._awaiting = generation = self._generation
             ref = self.actor_ref
-            self._supervision.schedule_restart(
-                self._key, decision.delay, lambda: ref.tell(_Restart(generation))
-            )
+            if decision.delay > 0:  # the supervisor's timer tells us when the backoff is over
+                self._supervision.schedule_restart(
+                    self._key, decision.delay, lambda: ref.tell(_Restart(generation))
+                )
+            else:  # restart as our next message, behind nothing already queued
+                self._resume()
         elif decision.action is SupervisorAction.ESCALATE:
             handle._answer(request, error=error)
         else:

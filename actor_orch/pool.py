@@ -72,29 +72,79 @@ class Failure:
     error: BaseException
 
 
+class _Latch:
+    """Counts the unfinished items of one `map` call; its event is set when none is left."""
+
+    __slots__ = ("_count", "_lock", "done")
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+
+    def count_down(self) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count == 0:
+                self.done.set()
+
+
+_UNSET: Any = object()
+
+
 class _Item(Generic[T, R]):
-    """One queued call of `fn(arg)`; whoever claims its future first runs it."""
+    """One queued call of `fn(arg)`; whoever takes its claim first runs (or withdraws) it.
 
-    __slots__ = ("arg", "claim", "fn", "future")
+    Items of `map` carry no `Future` (one costs about 3 us, more than a trivial step): their
+    answer goes to `value` and the call's latch counts them. `submit` items also hold a
+    `Future` for the caller.
+    """
 
-    def __init__(self, fn: Callable[[T], R], arg: T) -> None:
+    __slots__ = ("arg", "claim", "fn", "future", "latch", "value")
+
+    def __init__(
+        self,
+        fn: Callable[[T], R],
+        arg: T,
+        latch: _Latch | None,
+        future: concurrent.futures.Future[R | Failure] | None = None,
+    ) -> None:
         self.fn = fn
         self.arg = arg
-        self.future: concurrent.futures.Future[R | Failure] = concurrent.futures.Future()
-        # A worker and a waiting caller may both reach a queued item; the claim decides.
+        self.latch = latch
+        self.future = future
+        self.value: R | Failure = _UNSET
+        # A worker, a waiting caller and a cancel may all reach a queued item; the claim
+        # decides which of them acts on it.
         self.claim = threading.Lock()
 
     def run(self) -> None:
-        """Run the item unless someone else claimed it (or it was cancelled)."""
+        """Run the item unless someone else claimed it."""
         if not self.claim.acquire(blocking=False):
-            return  # claimed by someone else
-        if not self.future.set_running_or_notify_cancel():
-            return  # cancelled while queued
+            return
         try:
             value: R | Failure = self.fn(self.arg)
         except BaseException as exc:  # an item may raise anything; it is its answer
             value = Failure(exc)
-        self.future.set_result(value)
+        self._answer(value)
+
+    def withdraw(self, answer: Failure) -> bool:
+        """Answer the item with `answer` if nobody claimed it yet; True if it was withdrawn."""
+        if not self.claim.acquire(blocking=False):
+            return False
+        self._answer(answer)
+        return True
+
+    def _answer(self, value: R | Failure) -> None:
+        self.value = value
+        if self.future is not None:
+            self.future.set_result(value)
+        if self.latch is not None:
+            self.latch.count_down()
+
+    @property
+    def done(self) -> bool:
+        return self.value is not _UNSET
 
 
 class _Worker(pykka.ThreadingActor):
@@ -161,8 +211,9 @@ class ActorPool:
 
     def submit(self, fn: Callable[[T], R], arg: T) -> concurrent.futures.Future[R | Failure]:
         """Queue `fn(arg)`; its future holds the value or a [`Failure`][]."""
-        [item] = self._enqueue(fn, [arg])
-        return item.future
+        future: concurrent.futures.Future[R | Failure] = concurrent.futures.Future()
+        self._enqueue(fn, [arg], future=future)
+        return future
 
     def map(
         self,
@@ -203,8 +254,18 @@ class ActorPool:
             return []
         return _Collect(self, todo, timeout, cancel, on_cancel).answers()
 
-    def _enqueue(self, fn: Callable[[T], R], args: list[T]) -> list[_Item[T, R]]:
-        items = [_Item(fn, arg) for arg in args]
+    def _enqueue(
+        self,
+        fn: Callable[[T], R],
+        args: list[T],
+        *,
+        future: concurrent.futures.Future[R | Failure] | None = None,
+    ) -> list[_Item[T, R]]:
+        if future is not None:
+            items = [_Item(fn, args[0], None, future)]
+        else:
+            latch = _Latch(len(args)) if args else None
+            items = [_Item(fn, arg, latch) for arg in args]
         if not items:
             return items
         with self._lock:
@@ -265,8 +326,8 @@ class ActorPool:
         self._worker_lost(current, why)
 
     def _worker_lost(self, current: _Item[Any, Any] | None, why: str) -> None:
-        if current is not None and not current.future.done():
-            current.future.set_result(Failure(PluginError("pool", f"worker {why}")))
+        if current is not None and not current.done:
+            current._answer(Failure(PluginError("pool", f"worker {why}")))
         with self._lock:
             self._busy -= 1
             replace = bool(self._queue) and not self._closed
@@ -276,7 +337,7 @@ class ActorPool:
             if orphans:
                 self._queue.clear()
         for item in orphans:
-            _answer_unrun(item, Failure(PluginError("pool", f"no worker left: {why}")))
+            item.withdraw(Failure(PluginError("pool", f"no worker left: {why}")))
         if replace:
             self._start_worker()
 
@@ -304,7 +365,7 @@ class ActorPool:
         if already:
             return
         for item in queued:
-            _answer_unrun(item, Failure(Aborted("pool closed")))
+            item.withdraw(Failure(Aborted("pool closed")))
         for ref in idle:
             ref.stop(block=False)
         deadline = time.monotonic() + timeout
@@ -332,7 +393,7 @@ class ActorPool:
 
 
 class _Collect(Generic[T, R]):
-    """One `map` call waiting for its items, in order, with timeout and cancel."""
+    """One `map` call waiting for its items, with timeout and cancel; answers in input order."""
 
     def __init__(
         self,
@@ -342,30 +403,33 @@ class _Collect(Generic[T, R]):
         cancel: threading.Event | None,
         on_cancel: Callable[[], None] | None,
     ) -> None:
-        self.pool = pool
         self.items = items
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.cancel = cancel
         self.on_cancel = on_cancel
         self.helping = pool._is_worker_thread()
+        latch = items[0].latch
+        assert latch is not None
+        self.done = latch.done
 
     def answers(self) -> list[R | Failure]:
-        answers: list[R | Failure] = []
-        for index, item in enumerate(self.items):
-            if not self._wait(index):
-                return answers + self._give_up(index)
-            answers.append(_value(item.future))
-        return answers
+        if not self._wait():
+            return self._give_up()
+        return [item.value for item in self.items]
 
-    def _wait(self, index: int) -> bool:
-        """Wait for item `index`; False when the timeout expired or the cancel came first."""
-        future = self.items[index].future
-        polling = self.cancel is not None or self.deadline is not None
-        while not future.done():
-            if self.helping and self._run_one_inline(index):
-                continue
-            if self.cancel is not None and self.cancel.is_set():
+    def _wait(self) -> bool:
+        """Wait for every item; False when the timeout expired or the cancel came first."""
+        done, cancel = self.done, self.cancel
+        polling = cancel is not None or self.deadline is not None
+        next_inline = 0
+        while not done.is_set():
+            if self.helping:
+                next_inline = self._run_one_inline(next_inline)
+                if next_inline >= 0:
+                    continue
+                self.helping = False  # every item is claimed: wait like any caller
+            if cancel is not None and cancel.is_set():
                 return False
             remaining = None if self.deadline is None else self.deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -373,60 +437,45 @@ class _Collect(Generic[T, R]):
             wait = _CANCEL_POLL_S if polling else None
             if remaining is not None:
                 wait = min(wait or remaining, remaining)
-            _wait_for(future, wait)
+            done.wait(wait)
         return True
 
-    def _run_one_inline(self, start: int) -> bool:
-        """Run the first still-queued item from `start` on this (worker) thread."""
-        for item in self.items[start:]:
-            if not item.claim.locked() and not item.future.done():
+    def _run_one_inline(self, start: int) -> int:
+        """Run the first unclaimed item from `start` on this (worker) thread; the index to
+        look from next time, or -1 when every item is claimed."""
+        items = self.items
+        for index in range(start, len(items)):
+            item = items[index]
+            if not item.claim.locked():
                 item.run()
-                return True
-        return False
+                return index + 1
+        return -1
 
-    def _give_up(self, start: int) -> list[R | Failure]:
-        """Answer items `start..` after a timeout or a cancel; queued ones are withdrawn."""
-        rest = self.items[start:]
-        for item in rest:
-            item.future.cancel()  # only succeeds while it is still queued
+    def _give_up(self) -> list[R | Failure]:
+        """Answer every unfinished item after a timeout or a cancel; queued ones are withdrawn
+        (they will never start), running ones are abandoned."""
         cancelled = self.cancel is not None and self.cancel.is_set()
         if cancelled:
-            _notify(self.on_cancel)
-            grace_end = time.monotonic() + _CANCEL_GRACE_S
-            if self.deadline is not None:
-                grace_end = min(grace_end, self.deadline)
-            for item in rest:
-                _wait_for(item.future, max(0.0, grace_end - time.monotonic()))
             error: BaseException = Aborted("cancelled")
         else:
             error = RequestTimeout(f"step did not finish within {self.timeout:g}s")
-            logger.info("pool call timed out with {} item(s) unanswered", len(rest))
-        out: list[R | Failure] = []
-        for item in rest:
-            future = item.future
-            if future.done() and not future.cancelled():
-                out.append(future.result())
-            else:
-                out.append(Failure(error))
-        return out
-
-
-def _answer_unrun(item: _Item[Any, Any], answer: Failure) -> None:
-    """Answer a queued item that will never run, unless it was claimed or cancelled."""
-    if item.claim.acquire(blocking=False) and item.future.set_running_or_notify_cancel():
-        item.future.set_result(answer)
+        for item in self.items:
+            item.withdraw(Failure(error))
+        if cancelled:
+            _notify(self.on_cancel)
+            grace = _CANCEL_GRACE_S
+            if self.deadline is not None:
+                grace = min(grace, max(0.0, self.deadline - time.monotonic()))
+            self.done.wait(grace)
+        else:
+            logger.info("pool call timed out after {:g}s", self.timeout)
+        return [item.value if item.done else Failure(error) for item in self.items]
 
 
 def _wait_for(future: concurrent.futures.Future[Any], timeout: float | None) -> None:
     """Wait until `future` is done or `timeout` passes (cheaper than `futures.wait`)."""
     with contextlib.suppress(TimeoutError, concurrent.futures.CancelledError):
         future.exception(timeout)
-
-
-def _value(future: concurrent.futures.Future[R | Failure]) -> R | Failure:
-    if future.cancelled():
-        return Failure(Aborted("cancelled"))
-    return future.result()
 
 
 def _notify(on_cancel: Callable[[], None] | None) -> None:

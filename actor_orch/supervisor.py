@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import enum
@@ -37,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import pykka
 from loguru import logger
@@ -215,6 +216,9 @@ class _Failed:
     action: SupervisorAction
     budget: int
     within: float | None
+    recovered: bool  # the child served a request since its last failure
+    # A stdlib Future rather than Pykka's ask: its reply costs a third of the time.
+    reply: concurrent.futures.Future[Decision]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -222,11 +226,6 @@ class _Schedule:
     child: object
     delay: float
     deliver: Callable[[], object]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Recovered:
-    child: object
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -252,23 +251,20 @@ class SupervisorActor(pykka.ThreadingActor):
         # Reported so shutdown can join it: Pykka does not expose an actor's thread.
         self._threads.append(threading.current_thread())
 
-    def on_receive(self, message: Any) -> object:
+    def on_receive(self, message: Any) -> None:
         if isinstance(message, _Failed):
-            return self._decide(message)
+            message.reply.set_result(self._decide(message))
         if isinstance(message, _Schedule):
             self._schedule(message)
-        elif isinstance(message, _Recovered):
-            record = self._children.get(message.child)
-            if record is not None:
-                record.consecutive = 0
         elif isinstance(message, _Forget):
             record = self._children.pop(message.child, None)
             if record is not None and record.timer is not None:
                 record.timer.cancel()
-        return None
 
     def _decide(self, failure: _Failed) -> Decision:
         record = self._children.setdefault(failure.child, _ChildRecord())
+        if failure.recovered:
+            record.consecutive = 0
         if failure.action is not SupervisorAction.RESTART:
             return Decision(failure.action, record.consecutive)
         if record.consecutive >= failure.budget:
@@ -343,11 +339,18 @@ class Supervision:
         error: AgentError,
         budget: int,
         events: _events.EventCallback | None = None,
+        *,
+        recovered: bool = False,
     ) -> Decision:
-        """Decide on a failure of `child` (called on the child's thread) and publish it."""
+        """Decide on a failure of `child` (called on the child's thread) and publish it.
+
+        `recovered`: the child served a request since its last failure, so its consecutive
+        restarts start again from 0 (told here rather than on every success, which keeps
+        messages off the success path).
+        """
         policy = self.policy
         action = call_policy(policy, name, error)
-        decision = self._budget(child, action, budget, getattr(policy, "within", None))
+        decision = self._budget(child, action, budget, getattr(policy, "within", None), recovered)
         if decision.action is SupervisorAction.RESTART:
             delay = restart_delay(policy, name, decision.attempt, error)
             decision = dataclasses.replace(decision, delay=delay)
@@ -371,7 +374,7 @@ class Supervision:
         return decision
 
     def _budget(
-        self, child: object, action: SupervisorAction, budget: int, within: object
+        self, child: object, action: SupervisorAction, budget: int, within: object, recovered: bool
     ) -> Decision:
         if action is not SupervisorAction.RESTART:
             return Decision(action)
@@ -379,14 +382,12 @@ class Supervision:
         ref = self._ref()
         if ref is None:  # shut down: no more restarts
             return Decision(SupervisorAction.STOP)
+        reply: concurrent.futures.Future[Decision] = concurrent.futures.Future()
         try:
-            decision = cast(
-                "Decision",
-                ref.ask(_Failed(child, action, budget, window), timeout=_ASK_TIMEOUT_S),
-            )
-        except (pykka.ActorDeadError, pykka.Timeout):
+            ref.tell(_Failed(child, action, budget, window, recovered, reply))
+            return reply.result(_ASK_TIMEOUT_S)
+        except (pykka.ActorDeadError, TimeoutError):
             return Decision(SupervisorAction.STOP)
-        return decision
 
     def publish(self, event: _events.Event, events: _events.EventCallback | None = None) -> None:
         """Deliver `event` to the step's `events` callable (if any) and to the subscribers."""
@@ -400,10 +401,6 @@ class Supervision:
             return
         with contextlib.suppress(pykka.ActorDeadError):
             ref.tell(_Schedule(child, delay, deliver))
-
-    def recovered(self, child: object) -> None:
-        """`child` served a request after restarting: its consecutive count starts again."""
-        self._tell(_Recovered(child))
 
     def forget(self, child: object) -> None:
         """`child` ended: drop its state and cancel a pending restart."""
