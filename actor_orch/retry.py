@@ -51,6 +51,12 @@ def exponential_delay(
 def _validate(settings: _DelaySettings) -> None:
     # msgspec checks Meta constraints only when decoding, so constructors check here too.
     # Written as `not (x >= bound)` so that NaN fails too.
+    for field in ("base_delay", "max_delay", "multiplier"):
+        value = getattr(settings, field)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{field} must be a number of seconds, got {value!r}")
+    if not isinstance(settings.jitter, bool):
+        raise TypeError(f"jitter must be a bool, got {settings.jitter!r}")
     for field in ("base_delay", "max_delay"):
         if not getattr(settings, field) >= 0:
             raise ValueError(f"{field} must be >= 0, got {getattr(settings, field)!r}")
