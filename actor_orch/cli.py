@@ -188,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
             for name, agent in workflow.agents.items():
                 orchestrator.add_agent(name, _options_factory(name, agent, models[name]))
             executor = LocalExecutor(orchestrator, max_parallel_tasks=max_parallel)
+            orchestrator.with_executor(executor)
             started = time.monotonic()
             outcomes, interrupted = _run_steps(
                 executor,
