@@ -30,6 +30,7 @@ import email.utils
 import functools
 import importlib.metadata
 import math
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC
@@ -398,20 +399,23 @@ class OpenAICompatibleModel:
         self._header_map = headers
         self._base_headers = _encode_headers(headers.values())
         self._source: _http.ConnectionSource | None = None
+        self._source_lock = threading.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def _connections(self) -> _http.ConnectionSource:
         source = self._source
-        if source is None:
-            url = httpx.URL(self.base_url)
-            # A benign race: two threads may both look the source up; both get a usable one.
-            if self.max_connections is None:
-                source = _http.shared_source(url)
-            else:
-                source = _http.own_source(url, self.max_connections)
-            self._source = source
-        return source
+        if source is not None:
+            return source
+        # Locked: two sources of our own would each allow `max_connections` calls.
+        with self._source_lock:
+            if self._source is None:
+                url = httpx.URL(self.base_url)
+                if self.max_connections is None:
+                    self._source = _http.shared_source(url)
+                else:
+                    self._source = _http.own_source(url, self.max_connections)
+            return self._source
 
     def close(self) -> None:
         """Close the idle connections to this model's server; calls in flight finish.

@@ -168,5 +168,5 @@ def test_a_prompt_longer_than_the_context_is_a_context_window_overflow(
 
 def test_the_whole_call_timeout_cuts_a_long_generation() -> None:
     slow = OpenAICompatibleModel(URL, MODEL, timeout=0.3, settings=ModelSettings(max_tokens=400))
-    with pytest.raises(NetworkError, match="timeout of 0.3s"):
+    with pytest.raises(NetworkError, match=r"timeout of 0\.3s"):
         slow.complete(ModelRequest([user_message("Write a very long essay about rivers.")]))
