@@ -1193,3 +1193,14 @@ def test_pickled_model_keeps_its_options(server: FakeServer) -> None:
         assert copy.complete(ask()).text == "ok"
     assert server.received[0].json["max_tokens"] == 3
     assert server.received[0].headers["x-a"] == "1"
+
+
+def test_an_environment_proxy_is_used(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.base_url.removesuffix("/v1"))
+    server.script(Reply(body=completion("via proxy")))
+    with OpenAICompatibleModel("http://model.invalid:8000/v1", "m", timeout=5.0) as m:
+        assert m.complete(ask()).text == "via proxy"
+    # A forward proxy gets the absolute URL of the model server.
+    assert server.received[0].path == "http://model.invalid:8000/v1/chat/completions"

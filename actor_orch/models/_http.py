@@ -30,7 +30,13 @@ from collections.abc import Iterable, Iterator
 import httpcore
 import httpx
 
-__all__ = ["CallDeadlineExceeded", "ConnectionSource", "HttpResponse", "shared_source"]
+__all__ = [
+    "CallDeadlineExceeded",
+    "ConnectionSource",
+    "HttpResponse",
+    "own_source",
+    "shared_source",
+]
 
 # Seconds an idle connection is kept for reuse. Servers close idle keep-alive connections after
 # ~5 s (llama.cpp, uvicorn, nginx's default is 75 s); closing ours first avoids racing them.

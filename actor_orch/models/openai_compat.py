@@ -32,7 +32,7 @@ import importlib.metadata
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from typing import Any, Literal
 
@@ -689,7 +689,9 @@ class _StreamedReply:
         self._finish_reason: str | None = None
         self._usage = Usage()
 
-    def add(self, event: str, data: str, error_object: Any) -> str:
+    def add(
+        self, event: str, data: str, error_object: Callable[[_ErrorDetail | str], AgentError]
+    ) -> str:
         """Take one event's data; return the text it adds (`""` if none)."""
         if event == "error":  # `event: error` with the error object (or text) as its data
             code, kind, message = _error_info(data.encode())
