@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
@@ -19,9 +20,10 @@ from typing import Any
 from loguru import logger
 
 from actor_orch.errors import Aborted, AgentError, PluginError, StreamError
-from actor_orch.models.base import Model, ModelRequest
+from actor_orch.models.base import FinalMessage, Model, ModelRequest, model_events
+from actor_orch.models.settings import ModelSettings, merge_settings
 from actor_orch.retry import RetryPolicy
-from actor_orch.tools import Tool
+from actor_orch.tools import Tool, arguments_problem
 from actor_orch.types import (
     AgentMessage,
     AgentResult,
@@ -32,11 +34,23 @@ from actor_orch.types import (
     ToolCall,
     ToolResultMessage,
     Usage,
+    UserMessage,
     check_messages,
     user_message,
 )
 
-__all__ = ["Agent", "AgentOptions", "OptionsFactory", "RetryPolicy", "build_options"]
+__all__ = [
+    "Agent",
+    "AgentOptions",
+    "OptionsFactory",
+    "RetryPolicy",
+    "TextDeltaHook",
+    "build_options",
+    "trim_history",
+]
+
+# Called with each piece of reply text as the model produces it: `Agent.prompt(on_text_delta=)`.
+TextDeltaHook = Callable[[str], None]
 
 # How often a wait on tool threads looks at the abort flag, in seconds.
 _ABORT_POLL_S = 0.05
@@ -47,12 +61,16 @@ class AgentOptions:
     """Everything needed to build an `Agent`. Options factories return a fresh one per spawn.
 
     `max_turns` caps model calls per prompt (None = no cap); `retry=None` disables per-call
-    retry. Plain data (a frozen dataclass), so it pickles whenever its model and tools do.
+    retry. `settings` (a `ModelSettings`) applies to every model call of the agent, over the
+    model's own settings and under a prompt's `settings=`. `history_limit` is the most messages
+    the conversation keeps: older whole turns are dropped first (see `trim_history`).
+    Plain data (a frozen dataclass), so it pickles whenever its model and tools do.
 
     Example:
-        >>> from actor_orch.models import EchoModel
-        >>> AgentOptions(EchoModel(), system_prompt="Be brief.", max_turns=4).max_turns
-        4
+        >>> from actor_orch.models import EchoModel, ModelSettings
+        >>> options = AgentOptions(EchoModel(), settings=ModelSettings(max_tokens=64), max_turns=4)
+        >>> options.max_turns, options.settings.max_tokens
+        (4, 64)
     """
 
     model: Model
@@ -61,6 +79,8 @@ class AgentOptions:
     max_turns: int | None = None
     retry: RetryPolicy | None = dataclasses.field(default_factory=RetryPolicy)
     name: str | None = None
+    settings: ModelSettings | None = None
+    history_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not callable(getattr(self.model, "complete", None)):
@@ -88,6 +108,19 @@ class AgentOptions:
             raise ValueError(f"AgentOptions.max_turns must be >= 1 or None, got {self.max_turns!r}")
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise TypeError(f"AgentOptions.retry must be a RetryPolicy or None, got {self.retry!r}")
+        if self.settings is not None and not isinstance(self.settings, ModelSettings):
+            raise TypeError(
+                f"AgentOptions.settings must be a ModelSettings or None, got {self.settings!r}"
+            )
+        if self.history_limit is not None and (
+            not isinstance(self.history_limit, int)
+            or isinstance(self.history_limit, bool)
+            or self.history_limit < 1
+        ):
+            limit = self.history_limit
+            raise ValueError(
+                f"AgentOptions.history_limit must be an int >= 1 or None, got {limit!r}"
+            )
 
     def replace(self, **changes: Any) -> AgentOptions:
         """A copy with `changes` applied (validated again)."""
@@ -125,15 +158,26 @@ class Agent:
 
     One prompt runs at a time (a second concurrent `prompt` raises `RuntimeError`). A prompt
     that raises leaves the history as it was. `abort()` may be called from any thread: the
-    running (or, when idle, the next) prompt raises `Aborted` at its next model or tool
-    boundary. Pass `abort_event` to share one abort signal between several agents; the agent
-    then never clears it.
+    running (or, when idle, the next) prompt raises `Aborted` at its next model, tool or
+    streamed-text boundary. Pass `abort_event` to share one abort signal between several
+    agents; the agent then never clears it.
+
+    Nothing the model or a tool raises escapes as anything but an `AgentError`: a model's
+    non-`AgentError` exception (even `KeyboardInterrupt` or `SystemExit`) becomes `StreamError`
+    with `__cause__` kept; a tool's becomes an error tool result and the loop goes on.
 
     Example:
         >>> from actor_orch.models import ScriptedModel
         >>> agent = Agent(AgentOptions(ScriptedModel(["first", "second"])))
         >>> agent.prompt_text("a").text, agent.prompt_text("b").text
         ('first', 'second')
+        >>> pieces = []
+        >>> Agent(AgentOptions(ScriptedModel(["streamed word by word"]))).prompt(
+        ...     "go", on_text_delta=pieces.append
+        ... ).text == "".join(pieces)
+        True
+        >>> pieces
+        ['streamed ', 'word ', 'by ', 'word']
     """
 
     def __init__(self, options: AgentOptions, *, abort_event: threading.Event | None = None):
@@ -147,6 +191,8 @@ class Agent:
         self._owns_abort = abort_event is None
         self._running = threading.Lock()
         self._log = logger.bind(agent=options.name or "agent")
+        # The model's own settings, read once: they sit under the agent's and the call's.
+        self._settings = merge_settings(_model_settings(options.model), options.settings)
 
     @property
     def messages(self) -> list[AgentMessage]:
@@ -157,53 +203,90 @@ class Agent:
         """Ask the running prompt to stop at its next boundary. Thread-safe."""
         self._abort.set()
 
-    def prompt_text(self, text: str, *, output_schema: dict[str, Any] | None = None) -> AgentResult:
+    def prompt_text(
+        self,
+        text: str,
+        *,
+        output_schema: dict[str, Any] | None = None,
+        settings: ModelSettings | None = None,
+        on_text_delta: TextDeltaHook | None = None,
+    ) -> AgentResult:
         """`prompt` with one user message holding `text`."""
-        return self.prompt([user_message(text)], output_schema=output_schema)
+        return self.prompt(
+            [user_message(text)],
+            output_schema=output_schema,
+            settings=settings,
+            on_text_delta=on_text_delta,
+        )
 
     def prompt(
         self,
         messages: Sequence[AgentMessage] | str,
         *,
         output_schema: dict[str, Any] | None = None,
+        settings: ModelSettings | None = None,
+        on_text_delta: TextDeltaHook | None = None,
     ) -> AgentResult:
         """Add `messages` to the conversation and run the loop; raises `AgentError`.
 
-        The result holds the messages this prompt added (its input included), why it stopped
-        (`LENGTH` when `max_turns` ran out while the model still asked for tools), and the
-        usage and cost summed over its model calls.
+        The result holds the messages this prompt added (its input included), why it stopped,
+        and the usage and cost summed over its model calls. `stop_reason` is `LENGTH` both when
+        `max_turns` ran out while the model still asked for tools and when the final reply was
+        cut by the token limit; `AgentResult.turn_limit_reached` / `.truncated` tell them apart.
+
+        `settings` apply to this prompt's model calls, over the agent's and the model's.
+        `on_text_delta(text)` is called on this thread with each piece of every assistant
+        message's text, in order, as the model produces it (with `model.stream` when the model
+        has one, else once per reply). A failed model call is retried by the retry policy only
+        while nothing of its reply has been delivered, so no text is ever delivered twice; an
+        error after the first delta fails the prompt. A hook that raises fails the prompt with
+        `PluginError("on_text_delta", ...)`.
         """
         if isinstance(messages, str):
             messages = [user_message(messages)]
         added = check_messages(messages)
+        if settings is not None and not isinstance(settings, ModelSettings):
+            raise TypeError(f"settings must be a ModelSettings or None, got {settings!r}")
+        if on_text_delta is not None and not callable(on_text_delta):
+            raise TypeError(f"on_text_delta must be callable or None, got {on_text_delta!r}")
         if not self._running.acquire(blocking=False):
             raise RuntimeError("this Agent is already running a prompt (one at a time)")
-        history_length = len(self._history)
+        before = list(self._history)
         try:
             self._history.extend(added)
-            return self._run(added, output_schema)
+            self._history = trim_history(self._history, self.options.history_limit)
+            result = self._run(added, output_schema, settings, on_text_delta)
+            self._history = trim_history(self._history, self.options.history_limit)
+            return result
         except BaseException as err:
-            del self._history[history_length:]
+            self._history = before
             if isinstance(err, Aborted) and self._owns_abort:
                 self._abort.clear()
             raise
         finally:
             self._running.release()
 
-    def _run(self, added: list[AgentMessage], output_schema: dict[str, Any] | None) -> AgentResult:
+    def _run(
+        self,
+        added: list[AgentMessage],
+        output_schema: dict[str, Any] | None,
+        settings: ModelSettings | None,
+        on_text_delta: TextDeltaHook | None,
+    ) -> AgentResult:
         usage, cost = Usage(), Cost()
         max_turns = self.options.max_turns
+        merged = merge_settings(self._settings, settings)
         turns = 0
         while True:
             self._check_abort()
-            reply = self._call_model(
-                ModelRequest(
-                    list(self._history),
-                    self.options.system_prompt,
-                    list(self._tool_specs),
-                    output_schema,
-                )
+            request = ModelRequest(
+                list(self._history),
+                self.options.system_prompt,
+                list(self._tool_specs),
+                output_schema,
+                merged,
             )
+            reply = self._call_model(request, on_text_delta)
             turns += 1
             self._history.append(reply)
             added.append(reply)
@@ -229,29 +312,73 @@ class Agent:
         if self._abort.is_set():
             raise Aborted("agent aborted")
 
-    def _call_model(self, request: ModelRequest) -> AssistantMessage:
+    def _call_model(
+        self, request: ModelRequest, on_text_delta: TextDeltaHook | None
+    ) -> AssistantMessage:
         policy = self.options.retry
         attempt = 0
         while True:
             attempt += 1
+            delivered = [False]  # set once a delta reached the hook: no retry after that
             try:
-                reply = self.options.model.complete(request)
+                if on_text_delta is None:
+                    reply = self._complete(request)
+                else:
+                    reply = self._stream(request, on_text_delta, delivered)
             except AgentError as err:
-                if policy is None or not err.is_retryable() or attempt >= policy.max_attempts:
+                if (
+                    policy is None
+                    or not err.is_retryable()
+                    or attempt >= policy.max_attempts
+                    or delivered[0]
+                ):
+                    if delivered[0] and err.is_retryable():
+                        self._log.info("model stream failed after text was delivered: {}", err)
                     raise
                 delay = policy.delay(attempt, err)
                 self._log.info("model call failed ({}); retry {} in {:.3f}s", err, attempt, delay)
                 if self._abort.wait(delay):
                     raise Aborted("agent aborted during retry backoff") from err
                 continue
-            except Exception as err:
-                raise StreamError(err) from err
-            if not isinstance(reply, AssistantMessage):
-                raise StreamError(
-                    f"model {self.options.model!r} returned {type(reply).__name__}, "
-                    "expected AssistantMessage"
-                )
             return reply
+
+    def _complete(self, request: ModelRequest) -> AssistantMessage:
+        model = self.options.model
+        try:
+            reply = model.complete(request)
+        except AgentError:
+            raise
+        except BaseException as err:  # contained like any failure: see the class docstring
+            raise StreamError(err) from err
+        if not isinstance(reply, AssistantMessage):
+            raise StreamError(
+                f"model {model!r} returned {type(reply).__name__}, expected AssistantMessage"
+            )
+        return reply
+
+    def _stream(
+        self, request: ModelRequest, on_text_delta: TextDeltaHook, delivered: list[bool]
+    ) -> AssistantMessage:
+        events = model_events(self.options.model, request)
+        try:
+            with contextlib.closing(events):
+                for event in events:
+                    if isinstance(event, FinalMessage):
+                        return event.message
+                    self._check_abort()
+                    if not event.text:
+                        continue
+                    delivered[0] = True
+                    try:
+                        on_text_delta(event.text)
+                    except BaseException as err:
+                        raise PluginError("on_text_delta", err) from err
+                    self._check_abort()
+        except AgentError:
+            raise
+        except BaseException as err:
+            raise StreamError(err) from err
+        raise StreamError("model stream ended without a final message")  # model_events checks
 
     def _run_tools(self, calls: list[ToolCall]) -> list[ToolResultMessage]:
         if len(calls) == 1:
@@ -277,11 +404,17 @@ class Agent:
         ]
 
     def _run_tool(self, call: ToolCall) -> ToolResultMessage:
-        found = self._tools.get(call.name)
-        if found is None:
-            known = ", ".join(sorted(self._tools)) or "none"
-            return _error_result(call, f"unknown tool {call.name!r} (known: {known})")
-        text, is_error = found.run(call.arguments)
+        try:
+            found = self._tools.get(call.name)
+            if found is None:
+                known = ", ".join(sorted(self._tools)) or "none"
+                return _error_result(call, f"unknown tool {call.name!r} (known: {known})")
+            if call.raw_arguments is not None:
+                problem = arguments_problem(call.raw_arguments)
+                return _error_result(call, f"invalid arguments for tool {call.name!r}: {problem}")
+            text, is_error = found.run(call.arguments)
+        except BaseException as err:  # Tool.run contains the tool; this guards the rest
+            return _error_result(call, f"tool {call.name!r} failed: {type(err).__name__}: {err}")
         if is_error:
             self._log.debug("tool {} returned an error: {}", call.name, text)
         return ToolResultMessage(call.id, [TextContent(text)], is_error)
@@ -292,6 +425,37 @@ class Agent:
             f"<Agent {name!r} model={self.options.model!r} messages={len(self._history)} "
             f"tools={sorted(self._tools)}>"
         )
+
+
+def trim_history(messages: list[AgentMessage], limit: int | None) -> list[AgentMessage]:
+    """`messages` without its oldest whole turns, so that at most `limit` remain.
+
+    A turn starts at a `UserMessage`, so a tool call is never separated from its result and
+    the kept conversation starts with a user message (chat templates want that). The newest
+    turn is kept whole even when it alone is longer than `limit`. `None` keeps everything.
+
+    Example:
+        >>> from actor_orch.types import user_message
+        >>> reply = AssistantMessage([TextContent("ok")])
+        >>> kept = trim_history([user_message("1"), reply, user_message("2"), reply], 3)
+        >>> [type(m).__name__ for m in kept]
+        ['UserMessage', 'AssistantMessage']
+    """
+    if limit is None or len(messages) <= limit:
+        return messages
+    excess = len(messages) - limit
+    last_turn = 0
+    for index, message in enumerate(messages):
+        if isinstance(message, UserMessage):
+            if index >= excess:
+                return messages[index:]
+            last_turn = index
+    return messages[last_turn:]
+
+
+def _model_settings(model: object) -> ModelSettings | None:
+    settings = getattr(model, "settings", None)
+    return settings if isinstance(settings, ModelSettings) else None
 
 
 def _error_result(call: ToolCall, text: str) -> ToolResultMessage:

@@ -61,13 +61,17 @@ class ModelThrottled(AgentError):
 
 
 class NetworkError(AgentError):
-    """The model could not be reached or answered 5xx; `cause` says how."""
+    """The model could not be reached, timed out, or answered a retryable status (408, 409,
+    5xx but 501); `cause` says how. `retry_after` (seconds) is the wait the server asked for
+    with `Retry-After` / `retry-after-ms`, if it did; retry policies honour it."""
 
     retryable = True
 
-    def __init__(self, cause: BaseException | str) -> None:
-        super().__init__(cause)
+    def __init__(self, cause: BaseException | str, retry_after: float | None = None) -> None:
+        # `args` stays `(cause,)` without a delay, so pickles and reprs keep their old shape.
+        super().__init__(*((cause,) if retry_after is None else (cause, retry_after)))
         self.cause = cause
+        self.retry_after = retry_after
         if isinstance(cause, BaseException):
             self.__cause__ = cause
 

@@ -14,7 +14,7 @@ from typing import Annotated, Protocol
 
 import msgspec
 
-from actor_orch.errors import ModelThrottled
+from actor_orch.errors import ModelThrottled, NetworkError
 
 __all__ = ["Backoff", "RetryPolicy", "exponential_delay"]
 
@@ -38,12 +38,13 @@ def exponential_delay(
     """Seconds to wait before try number `attempt + 1` (attempt counts from 1).
 
     `base_delay * multiplier ** (attempt - 1)`, with jitter drawn from its upper half, raised to
-    a `ModelThrottled.retry_after` the server asked for, and capped by `max_delay`.
+    the `retry_after` the server asked for (`ModelThrottled`, or a `NetworkError` from a 503 with
+    `Retry-After`), and capped by `max_delay`.
     """
     delay = settings.base_delay * settings.multiplier ** max(attempt - 1, 0)
     if settings.jitter:
         delay = random.uniform(delay / 2, delay)
-    if isinstance(error, ModelThrottled) and error.retry_after is not None:
+    if isinstance(error, ModelThrottled | NetworkError) and error.retry_after is not None:
         delay = max(delay, error.retry_after)
     return min(delay, settings.max_delay)
 

@@ -30,21 +30,12 @@ from actor_orch.orchestrator import OptionsFactory, build_options
 from actor_orch.spec import AgentStepSpec, StepOutcome
 from actor_orch.structured import InvalidOutput, check_schema, parse_structured, repair_prompt
 from actor_orch.supervisor import Supervision, SupervisorAction
-from actor_orch.types import AgentResult, AssistantMessage, StopReason, Usage
+from actor_orch.types import AgentResult, StopReason, Usage
 
-__all__ = ["MAX_STRUCTURED_REPAIRS", "run_step", "turn_limit_reached"]
+__all__ = ["MAX_STRUCTURED_REPAIRS", "run_step"]
 
 # Repair re-prompts after the first structured answer, so at most 3 answers in all.
 MAX_STRUCTURED_REPAIRS = 2
-
-
-def turn_limit_reached(result: AgentResult) -> bool:
-    """True when `result` ended because `max_turns` ran out while the model still asked for
-    tools; False for a reply cut off at the model's token limit (also `StopReason.LENGTH`)."""
-    if result.stop_reason is not StopReason.LENGTH:
-        return False
-    last = result.messages[-1] if result.messages else None
-    return not isinstance(last, AssistantMessage)
 
 
 def run_step(
@@ -194,9 +185,9 @@ def _why_unfinished(result: AgentResult, spec: AgentStepSpec) -> str | None:
     model's token limit (kept: it is text the model produced, not a failure)."""
     if result.stop_reason is StopReason.STOP:
         return None
-    if turn_limit_reached(result):
+    if result.turn_limit_reached:
         limit = "" if spec.max_steps is None else f" (max_steps={spec.max_steps})"
         return f"step stopped at the turn limit{limit} before a final answer"
-    if result.stop_reason is StopReason.LENGTH:
+    if result.truncated:
         return None
     return f"step ended with stop_reason={result.stop_reason.value}"

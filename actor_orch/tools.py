@@ -26,7 +26,7 @@ from typing import Any, overload
 
 import msgspec
 
-__all__ = ["Tool", "ToolSpec", "tool"]
+__all__ = ["Tool", "ToolSpec", "arguments_problem", "tool"]
 
 
 class ToolSpec(msgspec.Struct, frozen=True):
@@ -84,17 +84,40 @@ class Tool:
         kwargs = {field: getattr(parsed, field) for field in parsed.__struct_fields__}
         try:
             value = self.fn(**kwargs)
-        except Exception as err:
+            if isinstance(value, str):
+                return value, False
+            try:
+                return msgspec.json.encode(value).decode(), False
+            except (TypeError, msgspec.EncodeError):
+                return str(value), False
+        # BaseException too: a tool calling sys.exit() or raising KeyboardInterrupt on a tool
+        # thread must become an error result, not end the agent's (or the actor's) thread.
+        except BaseException as err:
             return f"tool {self.name!r} failed: {type(err).__name__}: {err}", True
-        if isinstance(value, str):
-            return value, False
-        try:
-            return msgspec.json.encode(value).decode(), False
-        except (TypeError, msgspec.EncodeError):
-            return str(value), False
 
     def __repr__(self) -> str:
         return f"<Tool {self.name}{inspect.signature(self.fn)}>"
+
+
+def arguments_problem(raw: str) -> str:
+    """Why `raw` (a tool call's argument text) is not a JSON object, in a few words."""
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        return f"arguments are not valid JSON ({err})"
+    return f"arguments must be a JSON object, got {_json_kind(value)}"
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else type(value).__name__
 
 
 def _inline_schema(arguments_type: type) -> dict[str, Any]:

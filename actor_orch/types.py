@@ -66,12 +66,19 @@ class TextContent(msgspec.Struct, tag="text"):
     text: str
 
 
-class ToolCall(msgspec.Struct, tag="tool_call"):
-    """The model asks for tool `name` with JSON `arguments`; `id` pairs it with its result."""
+class ToolCall(msgspec.Struct, tag="tool_call", omit_defaults=True):
+    """The model asks for tool `name` with JSON `arguments`; `id` pairs it with its result.
+
+    `raw_arguments` is set only when the model's argument text was not a JSON object
+    (truncated, malformed, an array...): it keeps that text exactly, so the call goes back to
+    the server as the model wrote it, and `arguments` is then `{}`. The agent answers such a
+    call with an error tool result naming the problem instead of running the tool.
+    """
 
     id: str
     name: str
     arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+    raw_arguments: str | None = None
 
 
 ContentBlock = TextContent | ToolCall
@@ -172,6 +179,37 @@ class AgentResult(msgspec.Struct):
             if isinstance(message, AssistantMessage):
                 return message.text
         return ""
+
+    @property
+    def turn_limit_reached(self) -> bool:
+        """Whether the run stopped because `max_turns` ran out while the model still asked for
+        tools: `stop_reason` is `LENGTH` and the last message is a tool result.
+
+        A reply cut by the model's token limit is also `LENGTH`, but it ends the run with
+        that reply (an `AssistantMessage` whose `stop_reason` is `LENGTH`, its text kept):
+        `turn_limit_reached` is then `False` and `truncated` is `True`.
+
+        Example:
+            >>> cut = AssistantMessage([TextContent("Once upon a")], StopReason.LENGTH)
+            >>> r = AgentResult([cut], StopReason.LENGTH)
+            >>> r.turn_limit_reached, r.truncated, r.text
+            (False, True, 'Once upon a')
+        """
+        return (
+            self.stop_reason is StopReason.LENGTH
+            and bool(self.messages)
+            and isinstance(self.messages[-1], ToolResultMessage)
+        )
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the final reply was cut by the model's token limit (`max_tokens`)."""
+        return (
+            self.stop_reason is StopReason.LENGTH
+            and bool(self.messages)
+            and isinstance(self.messages[-1], AssistantMessage)
+            and self.messages[-1].stop_reason is StopReason.LENGTH
+        )
 
 
 def text_of(content: list[ContentBlock]) -> str:

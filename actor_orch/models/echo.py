@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from actor_orch.models.base import ModelRequest
+from collections.abc import Iterator
+
+from actor_orch.models.base import ModelRequest, ModelStreamEvent, stream_message
 from actor_orch.types import AssistantMessage, StopReason, TextContent, UserMessage, text_of
 
 __all__ = ["EchoModel"]
@@ -10,11 +12,15 @@ __all__ = ["EchoModel"]
 
 class EchoModel:
     """Replies with the text of the last user message; needs no network, never fails.
+    `stream` yields that text word by word.
 
     Example:
         >>> from actor_orch.types import user_message
         >>> EchoModel().complete(ModelRequest([user_message("ping")])).text
         'ping'
+        >>> events = EchoModel().stream(ModelRequest([user_message("a b")]))
+        >>> [getattr(event, "text", "end") for event in events]
+        ['a ', 'b', 'end']
     """
 
     def complete(self, request: ModelRequest) -> AssistantMessage:
@@ -22,6 +28,9 @@ class EchoModel:
             if isinstance(message, UserMessage):
                 return AssistantMessage([TextContent(text_of(message.content))], StopReason.STOP)
         return AssistantMessage([TextContent("")], StopReason.STOP)
+
+    def stream(self, request: ModelRequest) -> Iterator[ModelStreamEvent]:
+        return stream_message(self.complete(request))
 
     def __repr__(self) -> str:
         return "EchoModel()"

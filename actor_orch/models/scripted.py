@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from actor_orch.errors import StreamError
-from actor_orch.models.base import ModelRequest, as_assistant_message
+from actor_orch.models.base import (
+    ModelRequest,
+    ModelStreamEvent,
+    as_assistant_message,
+    stream_message,
+)
 from actor_orch.types import AssistantMessage
 
 __all__ = ["ScriptedModel"]
@@ -15,6 +20,7 @@ __all__ = ["ScriptedModel"]
 class ScriptedModel:
     """Replays `responses` in order: a `str` or `AssistantMessage` is the reply, an exception
     instance is raised when reached. Raises `StreamError` once the script is exhausted.
+    `stream` replays the same script, each reply's text word by word.
 
     Thread-safe; one instance shared by an options factory keeps its place across restarts,
     which is how a test scripts "fail, then succeed after the restart".
@@ -67,6 +73,10 @@ class ScriptedModel:
         if isinstance(item, BaseException):
             raise item
         return as_assistant_message(item, source="ScriptedModel")
+
+    def stream(self, request: ModelRequest) -> Iterator[ModelStreamEvent]:
+        # Taken from the script at the call, not at the first next(): like `complete`.
+        return stream_message(self.complete(request))
 
     def __repr__(self) -> str:
         return f"ScriptedModel(position={self._position}, total={len(self._responses)})"
