@@ -648,6 +648,8 @@ class AgentOrchestrator:
         max_restarts: int | None = None,
     ) -> None:
         """Register `name` as a child of `parent` (which must be registered)."""
+        if not isinstance(parent, str) or not parent:
+            raise TypeError(f"parent of agent {name!r} must be a non-empty str, got {parent!r}")
         self._register(name, parent, options_factory, max_restarts)
 
     def _register(
@@ -657,8 +659,6 @@ class AgentOrchestrator:
             raise ValueError(f"agent name must be a non-empty str, got {name!r}")
         if not callable(factory):
             raise TypeError(f"options_factory of agent '{name}' must be callable, got {factory!r}")
-        if parent is not None and (not isinstance(parent, str) or not parent):
-            raise TypeError(f"parent of agent '{name}' must be a non-empty str, got {parent!r}")
         budget = None if max_restarts is None else check_restart_budget(max_restarts)
         with self._lock:
             if parent is not None and parent not in self._entries:
