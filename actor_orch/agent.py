@@ -19,10 +19,11 @@ from typing import Any
 
 from loguru import logger
 
-from actor_orch.errors import Aborted, AgentError, PluginError, StreamError
+from actor_orch.errors import Aborted, AgentError, PluginError, StreamError, StructuredOutputFailed
 from actor_orch.models.base import FinalMessage, Model, ModelRequest, model_events
 from actor_orch.models.settings import ModelSettings, merge_settings
 from actor_orch.retry import RetryPolicy
+from actor_orch.structured import MAX_STRUCTURED_REPAIRS, InvalidOutput, OutputSpec, repair_prompt
 from actor_orch.tools import Tool, arguments_problem
 from actor_orch.types import (
     AgentMessage,
@@ -187,9 +188,11 @@ class Agent:
         self._tools = {t.name: t for t in options.tools}
         self._tool_specs = [t.spec for t in options.tools]
         self._history: list[AgentMessage] = []
+        self._committed = self._history  # never mutated once a prompt has replaced it
         self._abort = abort_event if abort_event is not None else threading.Event()
         self._owns_abort = abort_event is None
         self._running = threading.Lock()
+        self._prompt_abort: threading.Event | None = None
         self._log = logger.bind(agent=options.name or "agent")
         # The model's own settings, read once: they sit under the agent's and the call's.
         self._settings = merge_settings(_model_settings(options.model), options.settings)
@@ -207,25 +210,31 @@ class Agent:
         self,
         text: str,
         *,
+        output_type: object = None,
         output_schema: dict[str, Any] | None = None,
         settings: ModelSettings | None = None,
         on_text_delta: TextDeltaHook | None = None,
+        abort: threading.Event | None = None,
     ) -> AgentResult:
         """`prompt` with one user message holding `text`."""
         return self.prompt(
             [user_message(text)],
+            output_type=output_type,
             output_schema=output_schema,
             settings=settings,
             on_text_delta=on_text_delta,
+            abort=abort,
         )
 
     def prompt(
         self,
         messages: Sequence[AgentMessage] | str,
         *,
+        output_type: object = None,
         output_schema: dict[str, Any] | None = None,
         settings: ModelSettings | None = None,
         on_text_delta: TextDeltaHook | None = None,
+        abort: threading.Event | None = None,
     ) -> AgentResult:
         """Add `messages` to the conversation and run the loop; raises `AgentError`.
 
@@ -234,13 +243,20 @@ class Agent:
         `max_turns` ran out while the model still asked for tools and when the final reply was
         cut by the token limit; `AgentResult.turn_limit_reached` / `.truncated` tell them apart.
 
+        `output_type` (a msgspec Struct, dataclass, TypedDict or JSON-schema dict;
+        `output_schema` is the same for a dict): the schema is sent to the model, the final
+        reply is validated, up to two repair re-prompts ask the model to fix it, and
+        `AgentResult.output` holds the typed value; when it cannot be had the prompt raises
+        `StructuredOutputFailed` (and the history is left as it was).
+
         `settings` apply to this prompt's model calls, over the agent's and the model's.
         `on_text_delta(text)` is called on this thread with each piece of every assistant
         message's text, in order, as the model produces it (with `model.stream` when the model
         has one, else once per reply). A failed model call is retried by the retry policy only
         while nothing of its reply has been delivered, so no text is ever delivered twice; an
         error after the first delta fails the prompt. A hook that raises fails the prompt with
-        `PluginError("on_text_delta", ...)`.
+        `PluginError("on_text_delta", ...)`. `abort`: an event that aborts this prompt only
+        (at its next boundary), besides `abort()`.
         """
         if isinstance(messages, str):
             messages = [user_message(messages)]
@@ -249,14 +265,22 @@ class Agent:
             raise TypeError(f"settings must be a ModelSettings or None, got {settings!r}")
         if on_text_delta is not None and not callable(on_text_delta):
             raise TypeError(f"on_text_delta must be callable or None, got {on_text_delta!r}")
+        if output_type is None and output_schema is not None:
+            output_type = output_schema
+        spec = None if output_type is None else OutputSpec(output_type)
         if not self._running.acquire(blocking=False):
             raise RuntimeError("this Agent is already running a prompt (one at a time)")
-        before = list(self._history)
+        before = self._history
+        self._prompt_abort = abort
         try:
-            self._history.extend(added)
+            # A new list: the one a caller may still hold (`history_snapshot`) never changes.
+            self._history = trim_history([*before, *added], self.options.history_limit)
+            if spec is None:
+                result = self._run(added, None, settings, on_text_delta)
+            else:
+                result = self._run_typed(added, spec, settings, on_text_delta)
             self._history = trim_history(self._history, self.options.history_limit)
-            result = self._run(added, output_schema, settings, on_text_delta)
-            self._history = trim_history(self._history, self.options.history_limit)
+            self._committed = self._history
             return result
         except BaseException as err:
             self._history = before
@@ -264,7 +288,38 @@ class Agent:
                 self._abort.clear()
             raise
         finally:
+            self._prompt_abort = None
             self._running.release()
+
+    def history_snapshot(self) -> list[AgentMessage]:
+        """The conversation as of the last finished prompt, safe to read from any thread
+        while a prompt runs: a list no prompt changes later (no copy; do not modify it)."""
+        return self._committed
+
+    def _run_typed(
+        self,
+        added: list[AgentMessage],
+        spec: OutputSpec,
+        settings: ModelSettings | None,
+        on_text_delta: TextDeltaHook | None,
+    ) -> AgentResult:
+        result = self._run(added, spec.schema, settings, on_text_delta)
+        usage, cost = result.usage, result.cost
+        for attempt in range(1, MAX_STRUCTURED_REPAIRS + 2):
+            try:
+                value = spec.parse(result.text)
+            except InvalidOutput as err:
+                if attempt > MAX_STRUCTURED_REPAIRS:
+                    raise StructuredOutputFailed(attempt, str(err)) from None
+                self._log.debug("typed output invalid ({}); repair {}", err, attempt)
+                repair = [user_message(repair_prompt(str(err)))]
+                self._history.extend(repair)
+                added.extend(repair)
+                result = self._run(added, spec.schema, settings, on_text_delta)
+                usage, cost = usage + result.usage, cost + result.cost
+                continue
+            return AgentResult(result.messages, result.stop_reason, usage, cost, output=value)
+        raise AssertionError("unreachable: the loop returns or raises on its last attempt")
 
     def _run(
         self,
@@ -309,7 +364,8 @@ class Agent:
                 return AgentResult(added, StopReason.LENGTH, usage, cost)
 
     def _check_abort(self) -> None:
-        if self._abort.is_set():
+        prompt_abort = self._prompt_abort
+        if self._abort.is_set() or (prompt_abort is not None and prompt_abort.is_set()):
             raise Aborted("agent aborted")
 
     def _call_model(

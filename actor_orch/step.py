@@ -28,14 +28,11 @@ from actor_orch.errors import Aborted, AgentError, StreamError, StructuredOutput
 from actor_orch.events import EventCallback, StepFinished, StepStarted
 from actor_orch.orchestrator import OptionsFactory, build_options
 from actor_orch.spec import AgentStepSpec, StepOutcome
-from actor_orch.structured import InvalidOutput, check_schema, parse_structured, repair_prompt
+from actor_orch.structured import InvalidOutput, check_schema
 from actor_orch.supervisor import Supervision, SupervisorAction
 from actor_orch.types import AgentResult, StopReason, Usage
 
-__all__ = ["MAX_STRUCTURED_REPAIRS", "run_step"]
-
-# Repair re-prompts after the first structured answer, so at most 3 answers in all.
-MAX_STRUCTURED_REPAIRS = 2
+__all__ = ["run_step"]
 
 
 def run_step(
@@ -131,40 +128,29 @@ def _run(
 
 
 class _Attempt:
-    """One try of a step on one agent: the prompt and its structured-output repairs."""
+    """One try of a step on one agent; its usage is kept even when it fails."""
 
     def __init__(self, spec: AgentStepSpec, abort: threading.Event) -> None:
         self.spec = spec
         self.abort = abort
         self.usage = Usage()
 
-    def _prompt(self, agent: Agent, text: str) -> AgentResult:
-        result = agent.prompt_text(text, output_schema=self.spec.output_schema)
-        self.usage += result.usage
-        return result
-
     def run(self, agent: Agent) -> StepOutcome:
         spec = self.spec
-        schema = spec.output_schema
-        result = self._prompt(agent, spec.prompt)
-        for attempt in range(1, MAX_STRUCTURED_REPAIRS + 2):
-            why = _why_unfinished(result, spec)
-            if why is not None:
-                return _outcome(spec, result, why, success=False)
-            if schema is None:
-                return _outcome(spec, result, result.text, success=True)
-            try:
-                value = parse_structured(result.text, schema)
-            except InvalidOutput as err:
-                if attempt > MAX_STRUCTURED_REPAIRS:
-                    failure = StructuredOutputFailed(attempt, str(err))
-                    return _outcome(spec, result, str(failure), success=False)
-                result = self._prompt(agent, repair_prompt(str(err)))
-                continue
-            outcome = _outcome(spec, result, result.text, success=True)
-            outcome.structured = value
-            return outcome
-        raise AssertionError("unreachable: the loop returns on its last attempt")
+        try:
+            # With an output_schema the agent validates and repairs (the same machinery as
+            # `send_message(output_type=...)`); a reply that never validates is a failed step.
+            result = agent.prompt_text(spec.prompt, output_type=spec.output_schema)
+        except StructuredOutputFailed as failure:
+            return StepOutcome.failed(spec.task_id, spec.agent, str(failure))
+        self.usage += result.usage
+        why = _why_unfinished(result, spec)
+        if why is not None:
+            return _outcome(spec, result, why, success=False)
+        outcome = _outcome(spec, result, result.text, success=True)
+        if spec.output_schema is not None:
+            outcome.structured = result.output
+        return outcome
 
 
 def _outcome(

@@ -171,6 +171,8 @@ class AgentResult(msgspec.Struct):
     cost: Cost = msgspec.field(default_factory=Cost)
     error: str | None = None
     transfer_signal: str | None = None
+    output: Any = None
+    """The typed value of the final reply when the request asked for an `output_type`."""
 
     @property
     def text(self) -> str:
