@@ -60,8 +60,9 @@ from actor_orch.models import (
     StreamingModel,
     TextDelta,
 )
-from actor_orch.orchestrator import AgentOrchestrator, OrchestratedHandle
+from actor_orch.orchestrator import AgentOrchestrator, AgentStream, OrchestratedHandle
 from actor_orch.retry import Backoff, RetryPolicy
+from actor_orch.sessions import MemorySessionStore, SessionStore, SqliteSessionStore
 from actor_orch.supervisor import DefaultSupervisor, SupervisorAction, SupervisorPolicy
 from actor_orch.tools import Tool, ToolSpec, tool
 from actor_orch.types import (
@@ -100,6 +101,7 @@ __all__ = [
     "AgentStatus",
     "AgentStepSpec",
     "AgentStopped",
+    "AgentStream",
     "AssistantMessage",
     "AuthError",
     "Backoff",
@@ -115,6 +117,7 @@ __all__ = [
     "FunctionModel",
     "LocalExecutor",
     "MemoryCheckpointStore",
+    "MemorySessionStore",
     "Model",
     "ModelRequest",
     "ModelSettings",
@@ -127,7 +130,9 @@ __all__ = [
     "RequestTimeout",
     "RetryPolicy",
     "ScriptedModel",
+    "SessionStore",
     "SqliteCheckpointStore",
+    "SqliteSessionStore",
     "StepFinished",
     "StepOutcome",
     "StepStarted",

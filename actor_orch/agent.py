@@ -181,13 +181,22 @@ class Agent:
         ['streamed ', 'word ', 'by ', 'word']
     """
 
-    def __init__(self, options: AgentOptions, *, abort_event: threading.Event | None = None):
+    def __init__(
+        self,
+        options: AgentOptions,
+        *,
+        abort_event: threading.Event | None = None,
+        history: Sequence[AgentMessage] = (),
+    ):
         if not isinstance(options, AgentOptions):
             raise TypeError(f"Agent needs AgentOptions, got {type(options).__name__}")
         self.options = options
         self._tools = {t.name: t for t in options.tools}
         self._tool_specs = [t.spec for t in options.tools]
-        self._history: list[AgentMessage] = []
+        # `history` continues an earlier conversation (a session loaded from a store).
+        self._history: list[AgentMessage] = trim_history(
+            check_messages(history), options.history_limit
+        )
         self._committed = self._history  # never mutated once a prompt has replaced it
         self._abort = abort_event if abort_event is not None else threading.Event()
         self._owns_abort = abort_event is None
@@ -267,7 +276,11 @@ class Agent:
             raise TypeError(f"on_text_delta must be callable or None, got {on_text_delta!r}")
         if output_type is None and output_schema is not None:
             output_type = output_schema
-        spec = None if output_type is None else OutputSpec(output_type)
+        spec = (
+            output_type
+            if output_type is None or isinstance(output_type, OutputSpec)
+            else OutputSpec(output_type)
+        )
         if not self._running.acquire(blocking=False):
             raise RuntimeError("this Agent is already running a prompt (one at a time)")
         before = self._history

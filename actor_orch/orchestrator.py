@@ -20,18 +20,28 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import math
+import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 from loguru import logger
 
 from actor_orch.agent import Agent, AgentOptions, OptionsFactory, build_options
-from actor_orch.errors import Aborted, AgentError, PluginError, RequestTimeout, StreamError
+from actor_orch.errors import (
+    Aborted,
+    AgentError,
+    PluginError,
+    RequestTimeout,
+    StreamError,
+    StructuredOutputFailed,
+)
 from actor_orch.events import AgentSpawned, AgentStopped, EventBus, EventCallback
+from actor_orch.sessions import MemorySessionStore, SessionStore
+from actor_orch.structured import OutputSpec
 from actor_orch.supervisor import (
     Supervision,
     SupervisorAction,
@@ -51,11 +61,19 @@ from actor_orch.types import (
 if TYPE_CHECKING:
     from actor_orch.executor import AgentExecutor
 
-__all__ = ["AgentOrchestrator", "OptionsFactory", "OrchestratedHandle", "build_options"]
+__all__ = [
+    "AgentOrchestrator",
+    "AgentStream",
+    "OptionsFactory",
+    "OrchestratedHandle",
+    "build_options",
+]
 
 _ORCHESTRATOR = "orchestrator"
 # Slack after a shutdown deadline for threads to notice they were told to end.
 _SHUTDOWN_GRACE_S = 0.5
+# Named sessions an agent keeps loaded; others are read from the session store when used.
+_SESSION_CACHE_SIZE = 64
 
 
 def _channel_closed() -> PluginError:
@@ -93,10 +111,33 @@ def check_timeout(value: object, name: str = "timeout") -> float | None:
 
 
 class _Request:
-    __slots__ = ("future", "messages")
+    """One accepted request: its messages, where they go, and the future that answers it."""
 
-    def __init__(self, messages: list[AgentMessage]) -> None:
+    __slots__ = ("abort", "future", "messages", "on_delta", "output", "session")
+
+    def __init__(
+        self,
+        messages: list[AgentMessage],
+        session: str | None = None,
+        output: OutputSpec | None = None,
+        on_delta: Callable[[str], None] | None = None,
+        abort: threading.Event | None = None,
+    ) -> None:
         self.messages = messages
+        self.session = session
+        self.output = output
+        self.on_delta = on_delta
+        self.abort = abort  # aborts this request only (stream cancel, send timeout)
+        self.future: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
+
+
+class _ClearHistory:
+    """Told by `clear_history`: forget one conversation, in mailbox order."""
+
+    __slots__ = ("future", "session")
+
+    def __init__(self, session: str | None) -> None:
+        self.session = session
         self.future: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
 
 
@@ -123,11 +164,13 @@ class _Entry:
 class _Published:
     """What the agent actor publishes for its handle to read (written on the actor's thread)."""
 
-    __slots__ = ("restarts", "thread")
+    __slots__ = ("agent", "history_limit", "restarts", "thread")
 
     def __init__(self) -> None:
         self.restarts = 0
         self.thread: threading.Thread | None = None
+        self.agent: Agent | None = None  # the agent of the session-less conversation
+        self.history_limit: int | None = None
 
 
 class OrchestratedHandle:
@@ -163,9 +206,11 @@ class OrchestratedHandle:
         budget: int,
         channel_buffer: int,
         supervision: Supervision,
+        sessions: SessionStore,
         on_end: Callable[[OrchestratedHandle], None],
     ) -> None:
         self._name = name
+        self._sessions = sessions
         self._buffer = channel_buffer
         self._on_end = on_end
         self._log = logger.bind(agent=name)
@@ -173,7 +218,7 @@ class OrchestratedHandle:
         # The gate: guards the mailbox fill, the open requests and the one end transition.
         self._cond = threading.Condition()
         self._queued = 0  # accepted requests the actor has not taken yet: the mailbox fill
-        self._outstanding: set[_Request] = set()  # accepted and not yet answered
+        self._outstanding: set[_Request | _ClearHistory] = set()  # accepted, not answered
         self._failing: tuple[_Request, AgentError] | None = None  # failed, being supervised
         self._closed = False  # no new requests (await_result, shutdown, or ended)
         self._status = AgentStatus.RUNNING
@@ -181,7 +226,7 @@ class OrchestratedHandle:
         self._final: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
         self._published = _Published()
         self._actor = _AgentActor.start(
-            self, factory, options, supervision=supervision, budget=budget
+            self, factory, options, supervision=supervision, budget=budget, sessions=sessions
         )
 
     # -- public API ------------------------------------------------------------------------
@@ -201,34 +246,158 @@ class OrchestratedHandle:
     def is_done(self) -> bool:
         return self._status is not AgentStatus.RUNNING
 
-    def send_message(self, text: str, *, timeout: float | None = None) -> AgentResult:
+    def send_message(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        session: str | None = None,
+        output_type: object = None,
+    ) -> AgentResult:
         """Send one user message and wait for the result.
 
         `timeout` (seconds) bounds the whole call, mailbox wait included; past it
-        `RequestTimeout` is raised (a request not yet started is then withdrawn). Errors of the
-        agent are raised as the `AgentError` it failed with.
+        `RequestTimeout` is raised and the request is withdrawn (not started yet) or aborted
+        at its next boundary. Errors of the agent are raised as the `AgentError` it failed
+        with. `session` names the conversation (None: the agent's own). `output_type` (a
+        msgspec Struct, dataclass, TypedDict or JSON-schema dict) asks for a typed reply in
+        `AgentResult.output`; one that never validates raises `StructuredOutputFailed`,
+        which fails the request without involving the supervisor.
 
         Raises:
-            TypeError: `text` is not a `str`, or `timeout` is not a number.
-            ValueError: `timeout` is negative, NaN or infinite.
+            TypeError: `text` is not a `str`, `session` is not a `str`, `output_type` is not a
+                supported type, or `timeout` is not a number.
+            ValueError: `timeout` is negative, NaN or infinite, or `session` is empty.
         """
-        return self.send_messages([_user_text(text)], timeout=timeout)
+        return self.send_messages(
+            [_user_text(text)], timeout=timeout, session=session, output_type=output_type
+        )
 
     def send_messages(
-        self, messages: Sequence[AgentMessage], *, timeout: float | None = None
+        self,
+        messages: Sequence[AgentMessage],
+        *,
+        timeout: float | None = None,
+        session: str | None = None,
+        output_type: object = None,
     ) -> AgentResult:
         """Like `send_message`, with a list of messages."""
         limit = check_timeout(timeout)
+        self._refuse_own_thread("send_messages")
+        request = self._request(messages, session, output_type, abortable=limit is not None)
+        deadline = None if limit is None else time.monotonic() + limit
+        self._submit(request, limit)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._wait(request, remaining, limit)
+
+    def send_message_async(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        session: str | None = None,
+        output_type: object = None,
+    ) -> concurrent.futures.Future[AgentResult]:
+        """Queue one user message; returns its `Future`. `timeout` bounds only the wait for
+        mailbox space (then `RequestTimeout`)."""
+        return self.send_messages_async(
+            [_user_text(text)], timeout=timeout, session=session, output_type=output_type
+        )
+
+    def send_messages_async(
+        self,
+        messages: Sequence[AgentMessage],
+        *,
+        timeout: float | None = None,
+        session: str | None = None,
+        output_type: object = None,
+    ) -> concurrent.futures.Future[AgentResult]:
+        """Queue messages as one request; returns its `Future`. See `send_message_async`."""
+        limit = check_timeout(timeout)
+        request = self._request(messages, session, output_type, abortable=False)
+        self._submit(request, limit)
+        return request.future
+
+    def stream_message(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        session: str | None = None,
+        output_type: object = None,
+    ) -> AgentStream:
+        """Send one user message; iterate the returned `AgentStream` for the reply's text as
+        the model produces it, then call its `result()`.
+
+        A request like `send_message` (same mailbox, supervision, answered exactly once);
+        `timeout` bounds the whole request, iteration included. See `AgentStream`.
+        """
+        limit = check_timeout(timeout)
+        request = self._request([_user_text(text)], session, output_type, abortable=True)
+        stream = AgentStream(self, request, limit)
+        request.on_delta = stream._push
+        self._submit(request, limit)
+        return stream
+
+    def history(self, session: str | None = None) -> list[AgentMessage]:
+        """The messages of a conversation (a copy), as of its last finished request.
+
+        `session=None` is the agent's own conversation (a supervisor restart starts it
+        afresh); a named session is read from the orchestrator's session store.
+        """
+        session = _check_session(session)
+        if session is not None:
+            return self._sessions.load(self._name, session, self._published.history_limit)
+        agent = self._published.agent
+        return [] if agent is None else list(agent.history_snapshot())
+
+    def clear_history(self, session: str | None = None, *, timeout: float | None = None) -> None:
+        """Forget a conversation, in order with the requests already queued (it waits for
+        them, up to `timeout`). A named session is removed from the session store."""
+        session = _check_session(session)
+        limit = check_timeout(timeout)
+        control = _ClearHistory(session)
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._tell_locked(control)
+                self._outstanding.add(control)
+        if closed:
+            if session is None:
+                raise _channel_closed()
+            self._sessions.clear(self._name, session)
+            return
+        try:
+            control.future.result(limit)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"agent '{self._name}' did not clear its history within {limit:g}s"
+            ) from None
+
+    def _refuse_own_thread(self, what: str) -> None:
         thread = self._published.thread
         if thread is not None and thread is threading.current_thread():
             raise PluginError(
                 _ORCHESTRATOR,
-                f"send_messages to agent '{self._name}' from its own thread would wait for "
-                "itself; use send_messages_async",
+                f"{what} to agent '{self._name}' from its own thread would wait for itself; "
+                "use send_messages_async",
             )
-        deadline = None if limit is None else time.monotonic() + limit
-        future = self.send_messages_async(messages, timeout=limit)
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _request(
+        self,
+        messages: Sequence[AgentMessage],
+        session: str | None,
+        output_type: object,
+        *,
+        abortable: bool,
+    ) -> _Request:
+        checked = check_messages(messages)
+        session = _check_session(session)
+        output = None if output_type is None else OutputSpec(output_type)
+        return _Request(checked, session, output, abort=threading.Event() if abortable else None)
+
+    def _wait(self, request: _Request, remaining: float | None, limit: float | None) -> AgentResult:
+        future = request.future
         try:
             return future.result(remaining)
         except concurrent.futures.CancelledError:
@@ -236,25 +405,15 @@ class OrchestratedHandle:
         except TimeoutError:
             if not future.done():
                 future.cancel()  # withdraw it if the actor has not started it yet
+                if request.abort is not None:
+                    request.abort.set()  # or abort it at its next boundary
                 raise RequestTimeout(
                     f"agent '{self._name}' did not answer within {limit:g}s"
                 ) from None
             return future.result(0)
 
-    def send_message_async(
-        self, text: str, *, timeout: float | None = None
-    ) -> concurrent.futures.Future[AgentResult]:
-        """Queue one user message; returns its `Future`. `timeout` bounds only the wait for
-        mailbox space (then `RequestTimeout`)."""
-        return self.send_messages_async([_user_text(text)], timeout=timeout)
-
-    def send_messages_async(
-        self, messages: Sequence[AgentMessage], *, timeout: float | None = None
-    ) -> concurrent.futures.Future[AgentResult]:
-        """Queue messages as one request; returns its `Future`. See `send_message_async`."""
-        checked = check_messages(messages)
-        limit = check_timeout(timeout)
-        request = _Request(checked)
+    def _submit(self, request: _Request, limit: float | None) -> None:
+        """Accept `request` into the mailbox, waiting up to `limit` for space."""
         deadline = None if limit is None else time.monotonic() + limit
         with self._cond:
             while not self._closed and self._queued >= self._buffer:
@@ -267,13 +426,15 @@ class OrchestratedHandle:
             if self._closed:
                 raise _channel_closed()
             # Told under the lock, so a request can never land behind the drain marker.
-            try:
-                self._actor.tell(request)
-            except pykka.ActorDeadError:  # the actor died and is still reporting it
-                raise _channel_closed() from None
+            self._tell_locked(request)
             self._queued += 1
             self._outstanding.add(request)
-        return request.future
+
+    def _tell_locked(self, message: _Request | _ClearHistory) -> None:
+        try:
+            self._actor.tell(message)
+        except pykka.ActorDeadError:  # the actor died and is still reporting it
+            raise _channel_closed() from None
 
     def await_result(self, timeout: float | None = None) -> AgentResult:
         """Close the handle to new requests, let queued ones finish, return the last result.
@@ -329,7 +490,7 @@ class OrchestratedHandle:
 
     def _answer(
         self,
-        request: _Request,
+        request: _Request | _ClearHistory,
         result: AgentResult | None = None,
         error: BaseException | None = None,
     ) -> None:
@@ -389,6 +550,104 @@ def _user_text(text: object) -> AgentMessage:
     return user_message(text)
 
 
+def _check_session(session: object) -> str | None:
+    if session is None:
+        return None
+    if not isinstance(session, str):
+        raise TypeError(f"session must be a str or None, got {type(session).__name__}")
+    if not session:
+        raise ValueError("session must be a non-empty str or None")
+    return session
+
+
+_STREAM_END = object()
+
+
+class AgentStream:
+    """The reply of `OrchestratedHandle.stream_message`, as it is produced.
+
+    Iterating yields the text deltas (`str`) of every assistant message of the request, in
+    order, through tool rounds; it ends when the request does and raises the request's error,
+    if any. `result(timeout)` returns the `AgentResult` (or raises like `send_message`);
+    `cancel()` aborts the request (withdrawn if not started, else stopped at its next model,
+    tool or text boundary) and it is answered `Aborted`. The whole request, iteration
+    included, is bounded by the `timeout` given to `stream_message`.
+
+    Example:
+        >>> from actor_orch import AgentOptions, AgentOrchestrator, EchoModel
+        >>> with AgentOrchestrator() as orch:
+        ...     orch.add_agent("echo", lambda: AgentOptions(EchoModel()))
+        ...     stream = orch.spawn("echo").stream_message("one two three", timeout=5)
+        ...     pieces = list(stream)
+        ...     pieces, stream.result().text == "".join(pieces)
+        (['one ', 'two ', 'three'], True)
+    """
+
+    def __init__(self, handle: OrchestratedHandle, request: _Request, timeout: float | None):
+        self._handle = handle
+        self._request = request
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._timeout = timeout
+        self._deltas: queue.SimpleQueue[object] = queue.SimpleQueue()
+        request.future.add_done_callback(lambda _: self._deltas.put(_STREAM_END))
+
+    def _push(self, delta: str) -> None:
+        self._deltas.put(delta)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            remaining = None
+            if self._deadline is not None:
+                remaining = max(0.0, self._deadline - time.monotonic())
+            try:
+                item = self._deltas.get(timeout=remaining)
+            except queue.Empty:
+                self.cancel()
+                raise RequestTimeout(
+                    f"agent '{self._handle.name}' did not finish within {self._timeout:g}s"
+                ) from None
+            if item is _STREAM_END:
+                break
+            yield cast("str", item)
+        self.result(0)  # raises the request's error, if it failed
+
+    def result(self, timeout: float | None = None) -> AgentResult:
+        """The request's result, waiting up to `timeout` seconds (`RequestTimeout` after)."""
+        limit = check_timeout(timeout)
+        if self._deadline is not None:
+            left = max(0.0, self._deadline - time.monotonic())
+            limit = left if limit is None else min(limit, left)
+        try:
+            return self._request.future.result(limit)
+        except concurrent.futures.CancelledError:
+            raise Aborted("request cancelled") from None
+        except TimeoutError:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                self.cancel()
+            raise RequestTimeout(
+                f"agent '{self._handle.name}' did not answer within {limit:g}s"
+            ) from None
+
+    def cancel(self) -> None:
+        """Abort the request; it is answered `Aborted` (unless it had finished already)."""
+        request = self._request
+        if request.abort is not None:
+            request.abort.set()
+        if request.future.cancel():  # not started yet: withdrawn
+            return
+        # Running: it stops at its next boundary; answer now, the first answer wins.
+        _settle(request.future, error=Aborted("request cancelled"))
+
+    def __repr__(self) -> str:
+        state = "done" if self._request.future.done() else "running"
+        return f"<AgentStream agent={self._handle.name!r} {state}>"
+
+
+def _aborted_alone(request: _Request) -> bool:
+    """Whether the request was aborted by its own caller rather than by the agent's end."""
+    return request.abort is not None and request.abort.is_set()
+
+
 class _AgentActor(pykka.ThreadingActor):
     """Owns one spawned agent: its `Agent` (history), restart count and deferred requests.
 
@@ -406,15 +665,20 @@ class _AgentActor(pykka.ThreadingActor):
         *,
         supervision: Supervision,
         budget: int,
+        sessions: SessionStore,
     ) -> None:
         super().__init__()
         self._handle = handle
+        self._sessions = sessions
+        # Named sessions being served, most recently used last; the store has them all.
+        self._session_agents: OrderedDict[str, Agent] = OrderedDict()
         self._name = handle.name
         self._factory = factory
         self._supervision = supervision
         self._budget = budget
         self._key = object()  # this agent's identity for the supervisor
-        self._agent = Agent(options, abort_event=handle._abort)
+        self._options = options
+        self._agent = self._new_agent(options)
         self._last_result: AgentResult | None = None
         self._deferred: deque[object] = deque()
         self._awaiting: int | None = None  # generation of the restart we wait for
@@ -424,6 +688,30 @@ class _AgentActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._handle._published.thread = threading.current_thread()
+
+    def _new_agent(self, options: AgentOptions) -> Agent:
+        """A fresh agent for the session-less conversation, published to the handle."""
+        agent = Agent(options, abort_event=self._handle._abort)
+        published = self._handle._published
+        published.agent = agent
+        published.history_limit = options.history_limit
+        return agent
+
+    def _agent_for(self, session: str | None) -> Agent:
+        if session is None:
+            return self._agent
+        agents = self._session_agents
+        agent = agents.get(session)
+        if agent is not None:
+            agents.move_to_end(session)
+            return agent
+        options = self._options
+        history = self._sessions.load(self._name, session, options.history_limit)
+        agent = Agent(options, abort_event=self._handle._abort, history=history)
+        agents[session] = agent
+        if len(agents) > _SESSION_CACHE_SIZE:
+            agents.popitem(last=False)  # the store keeps it; it is loaded again when needed
+        return agent
 
     def on_receive(self, message: Any) -> None:
         try:
@@ -446,6 +734,16 @@ class _AgentActor(pykka.ThreadingActor):
             self._end(AgentStatus.COMPLETED, None)
         elif isinstance(message, _Request):
             self._serve(message)
+        elif isinstance(message, _ClearHistory):
+            self._clear(message)
+
+    def _clear(self, message: _ClearHistory) -> None:
+        if message.session is None:
+            self._agent = self._new_agent(self._options)
+        else:
+            self._session_agents.pop(message.session, None)
+            self._sessions.clear(self._name, message.session)
+        self._handle._answer(message, _empty_result())
 
     def _resume(self) -> None:
         """The restart is due: rebuild the agent, then handle what waited for it."""
@@ -456,7 +754,9 @@ class _AgentActor(pykka.ThreadingActor):
             logger.bind(agent=self._name).error("could not restart agent {}: {}", self._name, err)
             self._end(AgentStatus.FAILED, err)
             return
-        self._agent = Agent(options, abort_event=self._handle._abort)
+        self._options = options
+        self._agent = self._new_agent(options)
+        self._session_agents.clear()  # named sessions continue from the store
         logger.bind(agent=self._name).debug("agent {} restarted", self._name)
         while self._deferred and self._awaiting is None and not self._handle.is_done():
             self._dispatch(self._deferred.popleft())
@@ -466,13 +766,28 @@ class _AgentActor(pykka.ThreadingActor):
         if not handle._take(request):
             return
         try:
-            result = self._agent.prompt(request.messages)
+            result = self._agent_for(request.session).prompt(
+                request.messages,
+                output_type=request.output,
+                on_text_delta=request.on_delta,
+                abort=request.abort,
+            )
+        except (StructuredOutputFailed, Aborted) as err:
+            if isinstance(err, StructuredOutputFailed) or _aborted_alone(request):
+                # The caller's business (a reply that never validated, a cancelled stream, a
+                # send that timed out), not a failure of the agent: no supervision.
+                handle._answer(request, error=err)
+            else:
+                self._failed(request, err)
+            return
         except AgentError as err:
             self._failed(request, err)
             return
         except BaseException as err:  # contained: never let anything reach Pykka
             self._failed(request, StreamError(err))
             return
+        if request.session is not None:
+            self._sessions.append(self._name, request.session, result.messages)
         self._last_result = result
         self._recovering = False
         handle._answer(request, result)
@@ -556,7 +871,23 @@ class AgentOrchestrator:
         supervisor: SupervisorPolicy | None = None,
         max_restarts: int | None = None,
         channel_buffer: int = 32,
+        sessions: SessionStore | None = None,
+        max_delegation_depth: int = 3,
     ) -> None:
+        if sessions is not None and not all(
+            callable(getattr(sessions, method, None)) for method in ("load", "append", "clear")
+        ):
+            raise TypeError(f"sessions must be a SessionStore or None, got {sessions!r}")
+        if (
+            not isinstance(max_delegation_depth, int)
+            or isinstance(max_delegation_depth, bool)
+            or max_delegation_depth < 0
+        ):
+            raise ValueError(
+                f"max_delegation_depth must be an int >= 0, got {max_delegation_depth!r}"
+            )
+        self._sessions: SessionStore = MemorySessionStore() if sessions is None else sessions
+        self.max_delegation_depth = max_delegation_depth
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
         self._max_restarts: int | None = None
@@ -621,6 +952,11 @@ class AgentOrchestrator:
     @property
     def supervisor(self) -> SupervisorPolicy | None:
         return self._supervision.policy
+
+    @property
+    def sessions(self) -> SessionStore:
+        """Where named sessions are kept (a `MemorySessionStore` unless given)."""
+        return self._sessions
 
     @property
     def supervision(self) -> Supervision:
@@ -735,6 +1071,7 @@ class AgentOrchestrator:
                 budget=self.restart_budget(name),
                 channel_buffer=self._channel_buffer,
                 supervision=self._supervision,
+                sessions=self._sessions,
                 on_end=self._ended,
             )
             self._handles[id(handle)] = handle
