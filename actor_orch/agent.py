@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
@@ -82,6 +83,9 @@ class AgentOptions:
     name: str | None = None
     settings: ModelSettings | None = None
     history_limit: int | None = None
+    delegates: Sequence[str] | bool = ()
+    """Agents this one may hand tasks to through a `delegate` tool (API §10): names of agents
+    registered with the orchestrator, or `True` for every child registered under it."""
 
     def __post_init__(self) -> None:
         if not callable(getattr(self.model, "complete", None)):
@@ -122,10 +126,33 @@ class AgentOptions:
             raise ValueError(
                 f"AgentOptions.history_limit must be an int >= 1 or None, got {limit!r}"
             )
+        if not isinstance(self.delegates, bool):
+            if isinstance(self.delegates, str):
+                raise TypeError("AgentOptions.delegates must be a list of agent names, not a str")
+            object.__setattr__(self, "delegates", tuple(self.delegates))
+            for index, name in enumerate(self.delegates):
+                if not isinstance(name, str) or not name:
+                    raise TypeError(
+                        f"AgentOptions.delegates[{index}] must be a non-empty str, got {name!r}"
+                    )
 
     def replace(self, **changes: Any) -> AgentOptions:
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+# The abort events of the prompt running on this thread (and in its tools' threads).
+_prompt_aborts: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar(
+    "actor_orch_prompt_aborts", default=()
+)
+
+
+def current_prompt_aborts() -> tuple[threading.Event, ...]:
+    """The events that abort the prompt running on this thread (empty outside a prompt).
+
+    A tool that starts long work of its own (delegated steps) watches them to stop with it.
+    """
+    return _prompt_aborts.get()
 
 
 OptionsFactory = Callable[[], AgentOptions]
@@ -285,6 +312,8 @@ class Agent:
             raise RuntimeError("this Agent is already running a prompt (one at a time)")
         before = self._history
         self._prompt_abort = abort
+        aborts = (self._abort,) if abort is None else (self._abort, abort)
+        token = _prompt_aborts.set(aborts)
         try:
             # A new list: the one a caller may still hold (`history_snapshot`) never changes.
             self._history = trim_history([*before, *added], self.options.history_limit)
@@ -301,6 +330,7 @@ class Agent:
                 self._abort.clear()
             raise
         finally:
+            _prompt_aborts.reset(token)
             self._prompt_abort = None
             self._running.release()
 
@@ -457,8 +487,15 @@ class Agent:
         def run(index: int) -> None:
             results[index] = self._run_tool(calls[index])
 
+        # Each tool thread runs in a copy of this thread's context, so a tool sees what the
+        # prompt sees (its abort events, the step it belongs to, the pool place it may lend).
         threads = [
-            threading.Thread(target=run, args=(i,), name=f"tool-{c.name}", daemon=True)
+            threading.Thread(
+                target=contextvars.copy_context().run,
+                args=(run, i),
+                name=f"tool-{c.name}",
+                daemon=True,
+            )
             for i, c in enumerate(calls)
         ]
         for thread in threads:

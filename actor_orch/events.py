@@ -68,20 +68,23 @@ class AgentStopped(msgspec.Struct, tag="agent_stopped", tag_field="event"):
     status: AgentStatus
 
 
-class StepStarted(msgspec.Struct, tag="step_started", tag_field="event"):
-    """A parallel step began on `agent`."""
+class StepStarted(msgspec.Struct, tag="step_started", tag_field="event", omit_defaults=True):
+    """A parallel step began on `agent`; `parent_session_id` is set for delegated steps."""
 
     task_id: str
     agent: str
+    parent_session_id: str | None = None
 
 
-class StepFinished(msgspec.Struct, tag="step_finished", tag_field="event"):
-    """A parallel step ended; `duration_s` is its wall time in seconds."""
+class StepFinished(msgspec.Struct, tag="step_finished", tag_field="event", omit_defaults=True):
+    """A parallel step ended; `duration_s` is its wall time in seconds; `parent_session_id`
+    is set for delegated steps."""
 
     task_id: str
     agent: str
     success: bool
     duration_s: float
+    parent_session_id: str | None = None
 
 
 Event = AgentSpawned | AgentFailed | AgentRestarted | AgentStopped | StepStarted | StepFinished

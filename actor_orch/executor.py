@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from actor_orch.delegation import with_delegation
 from actor_orch.errors import Aborted, RequestTimeout
 from actor_orch.events import EventCallback
 from actor_orch.pool import ActorPool, Failure
@@ -267,6 +268,14 @@ class LocalExecutor(AgentExecutor):
             restart_budget=budget,
             events=events,
             abort=current_step_abort(),
+            prepare=lambda options: with_delegation(
+                orchestrator,
+                options,
+                spec.agent,
+                f"task-run-{spec.task_id}",
+                orchestrator.delegation_depth(spec.task_id),
+                spec.task_id,
+            ),
         )
 
     def __enter__(self) -> LocalExecutor:

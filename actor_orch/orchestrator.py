@@ -31,6 +31,7 @@ import pykka
 from loguru import logger
 
 from actor_orch.agent import Agent, AgentOptions, OptionsFactory, build_options
+from actor_orch.delegation import with_delegation
 from actor_orch.errors import (
     Aborted,
     AgentError,
@@ -41,6 +42,7 @@ from actor_orch.errors import (
 )
 from actor_orch.events import AgentSpawned, AgentStopped, EventBus, EventCallback
 from actor_orch.sessions import MemorySessionStore, SessionStore
+from actor_orch.spec import AgentStepSpec, StepOutcome
 from actor_orch.structured import OutputSpec
 from actor_orch.supervisor import (
     Supervision,
@@ -208,6 +210,7 @@ class OrchestratedHandle:
         supervision: Supervision,
         sessions: SessionStore,
         on_end: Callable[[OrchestratedHandle], None],
+        prepare: Callable[[AgentOptions, str], AgentOptions] = lambda options, _: options,
     ) -> None:
         self._name = name
         self._sessions = sessions
@@ -226,7 +229,13 @@ class OrchestratedHandle:
         self._final: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
         self._published = _Published()
         self._actor = _AgentActor.start(
-            self, factory, options, supervision=supervision, budget=budget, sessions=sessions
+            self,
+            factory,
+            options,
+            supervision=supervision,
+            budget=budget,
+            sessions=sessions,
+            prepare=prepare,
         )
 
     # -- public API ------------------------------------------------------------------------
@@ -666,9 +675,11 @@ class _AgentActor(pykka.ThreadingActor):
         supervision: Supervision,
         budget: int,
         sessions: SessionStore,
+        prepare: Callable[[AgentOptions, str], AgentOptions],
     ) -> None:
         super().__init__()
         self._handle = handle
+        self._prepare = prepare  # adds what the orchestrator gives agents (the delegate tool)
         self._sessions = sessions
         # Named sessions being served, most recently used last; the store has them all.
         self._session_agents: OrderedDict[str, Agent] = OrderedDict()
@@ -691,6 +702,7 @@ class _AgentActor(pykka.ThreadingActor):
 
     def _new_agent(self, options: AgentOptions) -> Agent:
         """A fresh agent for the session-less conversation, published to the handle."""
+        options = self._prepare(options, f"agent:{self._name}")
         agent = Agent(options, abort_event=self._handle._abort)
         published = self._handle._published
         published.agent = agent
@@ -705,7 +717,7 @@ class _AgentActor(pykka.ThreadingActor):
         if agent is not None:
             agents.move_to_end(session)
             return agent
-        options = self._options
+        options = self._prepare(self._options, f"agent:{self._name}:{session}")
         history = self._sessions.load(self._name, session, options.history_limit)
         agent = Agent(options, abort_event=self._handle._abort, history=history)
         agents[session] = agent
@@ -888,6 +900,7 @@ class AgentOrchestrator:
             )
         self._sessions: SessionStore = MemorySessionStore() if sessions is None else sessions
         self.max_delegation_depth = max_delegation_depth
+        self._delegation_depths: dict[str, int] = {}
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
         self._max_restarts: int | None = None
@@ -952,6 +965,28 @@ class AgentOrchestrator:
     @property
     def supervisor(self) -> SupervisorPolicy | None:
         return self._supervision.policy
+
+    def delegation_depth(self, task_id: str) -> int:
+        """How deep in delegation the step `task_id` runs (0 unless it was delegated)."""
+        return self._delegation_depths.get(task_id, 0)
+
+    def _run_delegated(
+        self, specs: list[AgentStepSpec], depth: int, cancel: object
+    ) -> list[StepOutcome]:
+        """Run delegated steps on this orchestrator's executor (the `delegate` tool's work)."""
+        from actor_orch.executor import execute_steps_parallel  # noqa: PLC0415 (import cycle)
+
+        with self._lock:
+            for spec in specs:
+                self._delegation_depths[spec.task_id] = depth
+        try:
+            return execute_steps_parallel(
+                self.executor, specs, cancel=cast("threading.Event", cancel)
+            )
+        finally:
+            with self._lock:
+                for spec in specs:
+                    self._delegation_depths.pop(spec.task_id, None)
 
     @property
     def sessions(self) -> SessionStore:
@@ -1073,6 +1108,9 @@ class AgentOrchestrator:
                 supervision=self._supervision,
                 sessions=self._sessions,
                 on_end=self._ended,
+                prepare=lambda options, conversation: with_delegation(
+                    self, options, name, conversation, 0
+                ),
             )
             self._handles[id(handle)] = handle
         logger.bind(agent=name).debug("spawned agent {}", name)

@@ -13,10 +13,11 @@ Nothing raised by an item escapes a worker: any `BaseException` becomes that ite
 [`Failure`][] (an exception escaping Pykka's `on_receive` that is not an `Exception` makes
 Pykka stop every actor in the process).
 
-A call made from inside one of the pool's own items (a step that runs steps) does not wait
-idle for free workers: while its items are queued, the waiting worker runs them itself. The
-nested work thus uses the slot its caller holds, so nesting never deadlocks and never raises
-the number of items running above `limit`.
+A call made from inside one of the pool's own items (a step that runs steps, also from a
+thread the item started with a copy of its `contextvars` context) does not wait idle for free
+workers: while its items are queued, it runs them itself, in the place its item holds (one
+caller at a time per place). Nesting thus never deadlocks, at any limit and depth, and never
+raises the number of items running above `limit`.
 
 Example:
     >>> with ActorPool(2) as pool:
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import threading
 import time
 from collections import deque
@@ -147,6 +149,23 @@ class _Item(Generic[T, R]):
         return self.value is not _UNSET
 
 
+class _Slot:
+    """The place in the pool held by one running item. A `map` called by that item (or by a
+    thread it started with a copy of its context) runs its own queued items in this place
+    while it waits; the lock lets only one such caller use it at a time."""
+
+    __slots__ = ("lock", "pool")
+
+    def __init__(self, pool: ActorPool) -> None:
+        self.pool = pool
+        self.lock = threading.Lock()
+
+
+_current_slot: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar(
+    "actor_orch_pool_slot", default=None
+)
+
+
 class _Worker(pykka.ThreadingActor):
     """Runs queued items of its pool until none is left, then waits idle for `_RUN`."""
 
@@ -159,6 +178,8 @@ class _Worker(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._pool._started(threading.current_thread())
+        # Everything this worker runs (and threads that copy its context) may lend its slot.
+        _current_slot.set(_Slot(self._pool))
 
     def on_receive(self, message: Any) -> None:
         if message is not _RUN:
@@ -343,9 +364,6 @@ class ActorPool:
 
     # -- waiting callers that are workers of this pool -----------------------------------
 
-    def _is_worker_thread(self) -> bool:
-        return threading.current_thread() in self._threads
-
     # -- teardown --------------------------------------------------------------------------
 
     def close(self, timeout: float = _JOIN_TIMEOUT_S) -> None:
@@ -408,7 +426,9 @@ class _Collect(Generic[T, R]):
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.cancel = cancel
         self.on_cancel = on_cancel
-        self.helping = pool._is_worker_thread()
+        self.pool = pool
+        slot = _current_slot.get()
+        self.slot = slot if slot is not None and slot.pool is pool else None
         latch = items[0].latch
         assert latch is not None
         self.done = latch.done
@@ -420,15 +440,17 @@ class _Collect(Generic[T, R]):
 
     def _wait(self) -> bool:
         """Wait for every item; False when the timeout expired or the cancel came first."""
-        done, cancel = self.done, self.cancel
-        polling = cancel is not None or self.deadline is not None
+        done, cancel, slot = self.done, self.cancel, self.slot
+        polling = cancel is not None or self.deadline is not None or slot is not None
         next_inline = 0
         while not done.is_set():
-            if self.helping:
-                next_inline = self._run_one_inline(next_inline)
+            if slot is not None and next_inline >= 0 and slot.lock.acquire(blocking=False):
+                try:
+                    next_inline = self._run_one_inline(next_inline)
+                finally:
+                    slot.lock.release()
                 if next_inline >= 0:
                     continue
-                self.helping = False  # every item is claimed: wait like any caller
             if cancel is not None and cancel.is_set():
                 return False
             remaining = None if self.deadline is None else self.deadline - time.monotonic()
@@ -447,7 +469,11 @@ class _Collect(Generic[T, R]):
         for index in range(start, len(items)):
             item = items[index]
             if not item.claim.locked():
-                item.run()
+                token = _current_slot.set(_Slot(self.pool))  # the item's own place, to lend
+                try:
+                    item.run()
+                finally:
+                    _current_slot.reset(token)
                 return index + 1
         return -1
 

@@ -155,7 +155,7 @@ class RayExecutor(AgentExecutor):
             )
         budget = orchestrator.restart_budget(spec.agent)
         publish = orchestrator.supervision.publish
-        publish(StepStarted(spec.task_id, spec.agent), events)
+        publish(StepStarted(spec.task_id, spec.agent, spec.parent_session_id), events)
         try:
             slot = self._slots.get(timeout=_SLOT_TIMEOUT_S)
         except queue.Empty:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from loguru import logger
 
-from actor_orch.agent import Agent
+from actor_orch.agent import Agent, AgentOptions
 from actor_orch.errors import Aborted, AgentError, StreamError, StructuredOutputFailed
 from actor_orch.events import EventCallback, StepFinished, StepStarted
 from actor_orch.orchestrator import OptionsFactory, build_options
@@ -43,16 +44,18 @@ def run_step(
     restart_budget: int,
     events: EventCallback | None = None,
     abort: threading.Event | None = None,
+    prepare: Callable[[AgentOptions], AgentOptions] | None = None,
 ) -> StepOutcome:
     """Run one step on a fresh agent from `factory`; never raises.
 
     Publishes `StepStarted`, then `AgentFailed`/`AgentRestarted` per failure, then
     `StepFinished`, to `events` and to the supervision's subscribers. `abort` (set by a cancel
     or a timeout) stops the step at its next model or tool boundary and cuts a restart backoff
-    short. The outcome carries the final stop reason, the usage summed over every prompt of the
+    short. `prepare` adds to the options what the executor gives agents (the delegate tool).
+    The outcome carries the final stop reason, the usage summed over every prompt of the
     step (restarts and repairs included) and the step's wall time.
     """
-    supervision.publish(StepStarted(spec.task_id, spec.agent), events)
+    supervision.publish(StepStarted(spec.task_id, spec.agent, spec.parent_session_id), events)
     started = time.monotonic()
     usage = Usage()
     child = object()  # this step's identity for the supervisor
@@ -65,6 +68,7 @@ def run_step(
             events=events,
             abort=abort,
             child=child,
+            prepare=prepare,
         )
     except BaseException as err:  # a bug or hostile user code must still give an outcome
         logger.opt(exception=True).error("step {} crashed", spec.task_id)
@@ -78,7 +82,10 @@ def run_step(
         logger.bind(task_id=spec.task_id, agent=spec.agent).warning(
             "step {} failed: {}", spec.task_id, outcome.output
         )
-    supervision.publish(StepFinished(spec.task_id, spec.agent, outcome.success, duration), events)
+    finished = StepFinished(
+        spec.task_id, spec.agent, outcome.success, duration, spec.parent_session_id
+    )
+    supervision.publish(finished, events)
     return outcome
 
 
@@ -91,6 +98,7 @@ def _run(
     events: EventCallback | None,
     abort: threading.Event | None,
     child: object,
+    prepare: Callable[[AgentOptions], AgentOptions] | None,
 ) -> tuple[StepOutcome, Usage]:
     usage = Usage()
     if factory is None:
@@ -110,6 +118,8 @@ def _run(
             options = build_options(spec.agent, factory)
             if spec.max_steps is not None:
                 options = options.replace(max_turns=spec.max_steps)
+            if prepare is not None:
+                options = prepare(options)
             outcome = attempt.run(Agent(options, abort_event=abort))
             return outcome, usage + attempt.usage
         except Aborted as err:
