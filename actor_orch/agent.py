@@ -385,6 +385,7 @@ class Agent:
                 merged,
             )
             reply = self._call_model(request, on_text_delta)
+            self._check_abort()  # aborted while the model ran: its reply is discarded
             turns += 1
             self._history.append(reply)
             added.append(reply)

@@ -73,6 +73,7 @@ def delegate_tool(
     orchestrator: AgentOrchestrator,
     caller: str,
     delegates: Sequence[str],
+    *,
     parent_session_id: str,
     depth: int,
     task_prefix: str | None = None,
@@ -134,6 +135,7 @@ def with_delegation(
     orchestrator: AgentOrchestrator,
     options: AgentOptions,
     caller: str,
+    *,
     parent_session_id: str,
     depth: int,
     task_prefix: str | None = None,
@@ -145,6 +147,13 @@ def with_delegation(
     names = (orchestrator.children_of(caller) or []) if wanted is True else list(wanted)
     if not names:
         return options
-    tool = delegate_tool(orchestrator, caller, names, parent_session_id, depth, task_prefix)
+    tool = delegate_tool(
+        orchestrator,
+        caller,
+        names,
+        parent_session_id=parent_session_id,
+        depth=depth,
+        task_prefix=task_prefix,
+    )
     tools = [t for t in options.tools if t.name != "delegate"]
     return options.replace(tools=(*tools, tool))

@@ -272,9 +272,9 @@ class LocalExecutor(AgentExecutor):
                 orchestrator,
                 options,
                 spec.agent,
-                f"task-run-{spec.task_id}",
-                orchestrator.delegation_depth(spec.task_id),
-                spec.task_id,
+                parent_session_id=f"task-run-{spec.task_id}",
+                depth=orchestrator.delegation_depth(spec.task_id),
+                task_prefix=spec.task_id,
             ),
         )
 

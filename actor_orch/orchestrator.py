@@ -1109,7 +1109,7 @@ class AgentOrchestrator:
                 sessions=self._sessions,
                 on_end=self._ended,
                 prepare=lambda options, conversation: with_delegation(
-                    self, options, name, conversation, 0
+                    self, options, name, parent_session_id=conversation, depth=0
                 ),
             )
             self._handles[id(handle)] = handle
