@@ -36,8 +36,10 @@ from actor_orch.events import (
     AgentSpawned,
     AgentStopped,
     Event,
+    ModelCallFinished,
     StepFinished,
     StepStarted,
+    ToolCallFinished,
 )
 from actor_orch.executor import (
     DEFAULT_MAX_PARALLEL_TASKS,
@@ -119,6 +121,7 @@ __all__ = [
     "MemoryCheckpointStore",
     "MemorySessionStore",
     "Model",
+    "ModelCallFinished",
     "ModelRequest",
     "ModelSettings",
     "ModelStreamEvent",
@@ -146,6 +149,7 @@ __all__ = [
     "TextDelta",
     "Tool",
     "ToolCall",
+    "ToolCallFinished",
     "ToolResultMessage",
     "ToolSpec",
     "Usage",

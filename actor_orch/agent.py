@@ -15,12 +15,15 @@ import contextlib
 import contextvars
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from loguru import logger
 
+from actor_orch import _trace
 from actor_orch.errors import Aborted, AgentError, PluginError, StreamError, StructuredOutputFailed
+from actor_orch.events import Event, ModelCallFinished, ToolCallFinished
 from actor_orch.models.base import FinalMessage, Model, ModelRequest, model_events
 from actor_orch.models.settings import ModelSettings, merge_settings
 from actor_orch.retry import RetryPolicy
@@ -214,10 +217,15 @@ class Agent:
         *,
         abort_event: threading.Event | None = None,
         history: Sequence[AgentMessage] = (),
+        on_event: Callable[[Event], object] | None = None,
+        task_id: str | None = None,
     ):
         if not isinstance(options, AgentOptions):
             raise TypeError(f"Agent needs AgentOptions, got {type(options).__name__}")
         self.options = options
+        self._on_event = on_event  # receives ModelCallFinished / ToolCallFinished
+        self._task_id = task_id
+        self._name = options.name or "agent"
         self._tools = {t.name: t for t in options.tools}
         self._tool_specs = [t.spec for t in options.tools]
         # `history` continues an earlier conversation (a session loaded from a store).
@@ -384,7 +392,7 @@ class Agent:
                 output_schema,
                 merged,
             )
-            reply = self._call_model(request, on_text_delta)
+            reply = self._observed_model_call(request, on_text_delta)
             self._check_abort()  # aborted while the model ran: its reply is discarded
             turns += 1
             self._history.append(reply)
@@ -480,13 +488,76 @@ class Agent:
             raise StreamError(err) from err
         raise StreamError("model stream ended without a final message")  # model_events checks
 
+    def _observed_model_call(
+        self, request: ModelRequest, on_text_delta: TextDeltaHook | None
+    ) -> AssistantMessage:
+        """`_call_model`, reported as a `ModelCallFinished` event and a `chat` span."""
+        hooks = _trace.HOOKS
+        if hooks is None and self._on_event is None:
+            return self._call_model(request, on_text_delta)
+        started = time.monotonic()
+        span_cm = None if hooks is None else hooks.chat(_model_name(self.options.model))
+        span = None if span_cm is None else span_cm.__enter__()
+        try:
+            reply = self._call_model(request, on_text_delta)
+        except BaseException as err:
+            if span_cm is not None:
+                span_cm.__exit__(type(err), err, err.__traceback__)
+            self._emit(
+                ModelCallFinished(
+                    self._name, self._task_id, time.monotonic() - started, Usage(), None, str(err)
+                )
+            )
+            raise
+        if span_cm is not None:
+            assert hooks is not None
+            hooks.chat_result(span, reply)
+            span_cm.__exit__(None, None, None)
+        self._emit(
+            ModelCallFinished(
+                self._name,
+                self._task_id,
+                time.monotonic() - started,
+                reply.usage,
+                reply.stop_reason,
+            )
+        )
+        return reply
+
+    def _emit(self, event: Event) -> None:
+        on_event = self._on_event
+        if on_event is not None:
+            try:
+                on_event(event)
+            except BaseException:  # user callbacks behind it are contained; this is a guard
+                self._log.opt(exception=True).error("event delivery failed for {!r}", event)
+
+    def _observed_tool(self, call: ToolCall) -> ToolResultMessage:
+        """`_run_tool`, reported as a `ToolCallFinished` event and an `execute_tool` span."""
+        hooks = _trace.HOOKS
+        if hooks is None and self._on_event is None:
+            return self._run_tool(call)
+        started = time.monotonic()
+        if hooks is None:
+            result = self._run_tool(call)
+        else:
+            with hooks.tool(call.name, call.id) as span:
+                result = self._run_tool(call)
+                hooks.tool_result(span, result.is_error)
+        self._emit(
+            ToolCallFinished(
+                self._name, self._task_id, call.name, time.monotonic() - started, result.is_error
+            )
+        )
+        return result
+
     def _run_tools(self, calls: list[ToolCall]) -> list[ToolResultMessage]:
         if len(calls) == 1:
-            return [self._run_tool(calls[0])]
+            return [self._observed_tool(calls[0])]
         results: list[ToolResultMessage | None] = [None] * len(calls)
 
         def run(index: int) -> None:
-            results[index] = self._run_tool(calls[index])
+            results[index] = self._observed_tool(calls[index])
 
         # Each tool thread runs in a copy of this thread's context, so a tool sees what the
         # prompt sees (its abort events, the step it belongs to, the pool place it may lend).
@@ -558,6 +629,12 @@ def trim_history(messages: list[AgentMessage], limit: int | None) -> list[AgentM
                 return messages[index:]
             last_turn = index
     return messages[last_turn:]
+
+
+def _model_name(model: object) -> str:
+    """The model's name for spans: its `model` attribute (HTTP models), else its class."""
+    name = getattr(model, "model", None)
+    return name if isinstance(name, str) and name else type(model).__name__
 
 
 def _model_settings(model: object) -> ModelSettings | None:

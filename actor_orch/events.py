@@ -24,7 +24,7 @@ import msgspec
 from loguru import logger
 
 from actor_orch.supervisor import SupervisorAction
-from actor_orch.types import AgentStatus
+from actor_orch.types import AgentStatus, StopReason, Usage
 
 __all__ = [
     "AgentFailed",
@@ -34,8 +34,10 @@ __all__ = [
     "Event",
     "EventBus",
     "EventCallback",
+    "ModelCallFinished",
     "StepFinished",
     "StepStarted",
+    "ToolCallFinished",
     "deliver",
 ]
 
@@ -87,7 +89,39 @@ class StepFinished(msgspec.Struct, tag="step_finished", tag_field="event", omit_
     parent_session_id: str | None = None
 
 
-Event = AgentSpawned | AgentFailed | AgentRestarted | AgentStopped | StepStarted | StepFinished
+class ModelCallFinished(
+    msgspec.Struct, tag="model_call_finished", tag_field="event", omit_defaults=True
+):
+    """One model call ended (retries of the call included); `error` is set when it failed."""
+
+    agent: str
+    task_id: str | None
+    duration_s: float
+    usage: Usage
+    stop_reason: StopReason | None
+    error: str | None = None
+
+
+class ToolCallFinished(msgspec.Struct, tag="tool_call_finished", tag_field="event"):
+    """One tool call ended; `is_error` when its result is an error result."""
+
+    agent: str
+    task_id: str | None
+    tool: str
+    duration_s: float
+    is_error: bool
+
+
+Event = (
+    AgentSpawned
+    | AgentFailed
+    | AgentRestarted
+    | AgentStopped
+    | StepStarted
+    | StepFinished
+    | ModelCallFinished
+    | ToolCallFinished
+)
 EventCallback = Callable[[Event], object]
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from actor_orch import _trace
 from actor_orch.delegation import with_delegation
 from actor_orch.errors import Aborted, RequestTimeout
 from actor_orch.events import EventCallback
@@ -182,12 +183,17 @@ def execute_steps_parallel(
         raise TypeError(f"events must be callable or None, got {events!r}")
     pool = executor.step_pool()
     abort = threading.Event()
+    hooks = _trace.HOOKS
+    context = None if hooks is None else hooks.capture()  # spans of steps nest under ours
 
     def run_one(spec: AgentStepSpec) -> StepOutcome:
         token = _step_abort.set(abort)
+        trace_token = None if hooks is None else hooks.attach(context)
         try:
             return executor.execute_step(spec, events)
         finally:
+            if hooks is not None:
+                hooks.detach(trace_token)
             _step_abort.reset(token)
 
     try:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pykka
 from loguru import logger
 
+from actor_orch import _trace
 from actor_orch.agent import Agent, AgentOptions, OptionsFactory, build_options
 from actor_orch.delegation import with_delegation
 from actor_orch.errors import (
@@ -115,7 +116,7 @@ def check_timeout(value: object, name: str = "timeout") -> float | None:
 class _Request:
     """One accepted request: its messages, where they go, and the future that answers it."""
 
-    __slots__ = ("abort", "future", "messages", "on_delta", "output", "session")
+    __slots__ = ("abort", "future", "messages", "on_delta", "output", "session", "trace")
 
     def __init__(
         self,
@@ -130,6 +131,8 @@ class _Request:
         self.output = output
         self.on_delta = on_delta
         self.abort = abort  # aborts this request only (stream cancel, send timeout)
+        hooks = _trace.HOOKS
+        self.trace = None if hooks is None else hooks.capture()  # the sender's span context
         self.future: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
 
 
@@ -703,7 +706,7 @@ class _AgentActor(pykka.ThreadingActor):
     def _new_agent(self, options: AgentOptions) -> Agent:
         """A fresh agent for the session-less conversation, published to the handle."""
         options = self._prepare(options, f"agent:{self._name}")
-        agent = Agent(options, abort_event=self._handle._abort)
+        agent = Agent(options, abort_event=self._handle._abort, on_event=self._supervision.publish)
         published = self._handle._published
         published.agent = agent
         published.history_limit = options.history_limit
@@ -719,7 +722,12 @@ class _AgentActor(pykka.ThreadingActor):
             return agent
         options = self._prepare(self._options, f"agent:{self._name}:{session}")
         history = self._sessions.load(self._name, session, options.history_limit)
-        agent = Agent(options, abort_event=self._handle._abort, history=history)
+        agent = Agent(
+            options,
+            abort_event=self._handle._abort,
+            history=history,
+            on_event=self._supervision.publish,
+        )
         agents[session] = agent
         if len(agents) > _SESSION_CACHE_SIZE:
             agents.popitem(last=False)  # the store keeps it; it is loaded again when needed
@@ -777,6 +785,22 @@ class _AgentActor(pykka.ThreadingActor):
         handle = self._handle
         if not handle._take(request):
             return
+        hooks = _trace.HOOKS
+        if hooks is not None:
+            self._serve_traced(hooks, request)
+        else:
+            self._serve_request(request)
+
+    def _serve_traced(self, hooks: _trace.TraceHooks, request: _Request) -> None:
+        token = hooks.attach(request.trace)
+        try:
+            with hooks.agent(self._name, session=request.session):
+                self._serve_request(request)
+        finally:
+            hooks.detach(token)
+
+    def _serve_request(self, request: _Request) -> None:
+        handle = self._handle
         try:
             result = self._agent_for(request.session).prompt(
                 request.messages,

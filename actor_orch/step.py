@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from actor_orch import _trace
 from actor_orch.agent import Agent, AgentOptions
 from actor_orch.errors import Aborted, AgentError, StreamError, StructuredOutputFailed
 from actor_orch.events import EventCallback, StepFinished, StepStarted
@@ -59,7 +60,11 @@ def run_step(
     started = time.monotonic()
     usage = Usage()
     child = object()  # this step's identity for the supervisor
+    hooks = _trace.HOOKS
+    span = None if hooks is None else hooks.agent(spec.agent, task_id=spec.task_id)
     try:
+        if span is not None:
+            span.__enter__()
         outcome, usage = _run(
             spec,
             factory=factory,
@@ -75,6 +80,8 @@ def run_step(
         outcome = StepOutcome.failed(spec.task_id, spec.agent, f"{type(err).__name__}: {err}")
     finally:
         supervision.forget(child)
+        if span is not None:
+            span.__exit__(None, None, None)
     duration = time.monotonic() - started
     outcome.usage = usage
     outcome.duration_s = duration
@@ -120,7 +127,13 @@ def _run(
                 options = options.replace(max_turns=spec.max_steps)
             if prepare is not None:
                 options = prepare(options)
-            outcome = attempt.run(Agent(options, abort_event=abort))
+            agent = Agent(
+                options,
+                abort_event=abort,
+                on_event=lambda event: supervision.publish(event, events),
+                task_id=spec.task_id,
+            )
+            outcome = attempt.run(agent)
             return outcome, usage + attempt.usage
         except Aborted as err:
             return StepOutcome.failed(spec.task_id, spec.agent, f"cancelled: {err}"), usage

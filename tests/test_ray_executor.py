@@ -101,7 +101,7 @@ def test_retryable_failures_restart_on_the_worker_with_events_delivered_locally(
         [outcome] = execute_steps_parallel(executor, [spec("t", "flaky")], seen.append)
     assert outcome.success
     assert outcome.output == "recovered"
-    assert [type(e).__name__ for e in seen] == [
+    assert [type(e).__name__ for e in seen if not isinstance(e, _CALL_EVENTS)] == [
         "StepStarted",
         "AgentFailed",
         "AgentRestarted",
@@ -178,3 +178,7 @@ def test_importing_actor_orch_never_imports_ray() -> None:
 def _timeless(outcome: ao.StepOutcome) -> ao.StepOutcome:
     """`outcome` without its wall time, which differs between any two runs."""
     return msgspec.structs.replace(outcome, duration_s=None)
+
+
+# Per-call events (API §6) are checked in their own tests; these follow the lifecycle.
+_CALL_EVENTS = (ao.ModelCallFinished, ao.ToolCallFinished)
