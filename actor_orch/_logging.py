@@ -27,9 +27,24 @@ class _PykkaToLoguru(logging.Handler):
         )
 
 
+def _enabled_by_application() -> bool:
+    """Whether the application called `logger.enable("actor_orch")` before importing us.
+
+    loguru offers no public query for this; its activation list is read defensively, and on
+    any surprise the library stays silent as a library should.
+    """
+    try:
+        activation = logger._core.activation_list  # type: ignore[attr-defined]
+        return any(name == "actor_orch." and bool(on) for name, on in activation)
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def install() -> None:
-    """Disable our loguru logger and bridge Pykka's stdlib logs (idempotent)."""
-    logger.disable("actor_orch")
+    """Disable our loguru logger (unless the application enabled it already) and bridge
+    Pykka's stdlib logs (idempotent)."""
+    if not _enabled_by_application():
+        logger.disable("actor_orch")
     pykka_logger = logging.getLogger("pykka")
     if not any(isinstance(h, _PykkaToLoguru) for h in pykka_logger.handlers):
         pykka_logger.addHandler(_PykkaToLoguru())

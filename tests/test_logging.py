@@ -128,3 +128,21 @@ def test_install_is_idempotent() -> None:
     ]
     assert len(bridges) == 1
     logger.disable("actor_orch")
+
+
+def test_enabling_the_logger_before_the_import_is_kept() -> None:
+    code = (
+        "import sys\n"
+        "from loguru import logger\n"
+        "logger.remove(); logger.add(sys.stdout, format='{message}')\n"
+        "logger.enable('actor_orch')\n"
+        "import actor_orch as ao\n"
+        "orch = ao.AgentOrchestrator()\n"
+        "orch.add_agent('a', lambda: ao.AgentOptions(ao.EchoModel()))\n"
+        "orch.spawn('a')\n"
+        "orch.shutdown()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "spawned agent a" in result.stdout

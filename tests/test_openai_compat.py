@@ -1204,3 +1204,16 @@ def test_an_environment_proxy_is_used(server: FakeServer, monkeypatch: pytest.Mo
         assert m.complete(ask()).text == "via proxy"
     # A forward proxy gets the absolute URL of the model server.
     assert server.received[0].path == "http://model.invalid:8000/v1/chat/completions"
+
+
+def test_prices_give_each_reply_a_cost(server: FakeServer) -> None:
+    server.script(
+        Reply(body=completion("ok", usage={"prompt_tokens": 1_000, "completion_tokens": 500}))
+    )
+    model = OpenAICompatibleModel(server.base_url, "m", prices={"m": (2.0, 8.0)})
+    reply = model.complete(ask())
+    assert reply.cost.input == pytest.approx(0.002)
+    assert reply.cost.output == pytest.approx(0.004)
+    assert reply.cost.total == pytest.approx(0.006)
+    with pytest.raises(ValueError, match="prices"):
+        OpenAICompatibleModel(server.base_url, "m", prices={"m": (1.0, -1.0)})

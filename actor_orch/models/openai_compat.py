@@ -32,7 +32,7 @@ import importlib.metadata
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
 from typing import Any, Literal
 
@@ -59,6 +59,7 @@ from actor_orch.types import (
     AgentMessage,
     AssistantMessage,
     ContentBlock,
+    Cost,
     StopReason,
     TextContent,
     ToolCall,
@@ -331,6 +332,7 @@ class OpenAICompatibleModel:
         headers: dict[str, str] | None = None,
         max_connections: int | None = None,
         structured_output: StructuredOutputMode = "json_schema",
+        prices: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         # Fail here, not on the first call deep inside an actor, for a URL we cannot use.
         if not isinstance(base_url, str):
@@ -372,6 +374,7 @@ class OpenAICompatibleModel:
                 f"structured_output must be one of {', '.join(STRUCTURED_OUTPUT_MODES)}, "
                 f"got {structured_output!r}"
             )
+        self.prices = _check_prices(prices)
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
@@ -441,6 +444,7 @@ class OpenAICompatibleModel:
             "settings",
             "headers",
             "max_connections",
+            "prices",
             "structured_output",
         )
         return {name: self.__dict__[name] for name in public}
@@ -476,13 +480,24 @@ class OpenAICompatibleModel:
             ) as response:
                 if not 200 <= response.status < 300:
                     raise self._http_error(response.status, response.headers, response.read())
-                return self._parse_response(response.read())
+                return self._priced(self._parse_response(response.read()))
         except httpcore.TimeoutException as err:
             raise self._transport_error(err) from err
         except (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.ProxyError) as err:
             raise self._transport_error(err) from err
         except (httpcore.LocalProtocolError, httpcore.UnsupportedProtocol) as err:
             raise StreamError(f"{type(err).__name__} from {self._endpoint}: {err}") from err
+
+    def _priced(self, message: AssistantMessage) -> AssistantMessage:
+        """`message` with its `cost` from `prices` (per million tokens), when a price is set."""
+        price = self.prices.get(self.model)
+        if price is None:
+            return message
+        per_input, per_output = price
+        cost_in = message.usage.input_tokens * per_input / 1e6
+        cost_out = message.usage.output_tokens * per_output / 1e6
+        message.cost = Cost(total=cost_in + cost_out, input=cost_in, output=cost_out)
+        return message
 
     def stream(self, request: ModelRequest) -> Iterator[ModelStreamEvent]:
         """Send `request` with `"stream": true` and yield `TextDelta`s as the server sends
@@ -508,7 +523,7 @@ class OpenAICompatibleModel:
                     message = self._parse_response(response.read())
                     if message.text:
                         yield TextDelta(message.text)
-                    yield FinalMessage(message)
+                    yield FinalMessage(self._priced(message))
                     return
                 reply = _StreamedReply(self._endpoint)
                 for event, data in _server_sent_events(response.iter_bytes()):
@@ -517,7 +532,7 @@ class OpenAICompatibleModel:
                     text = reply.add(event, data, self._error_object)
                     if text:
                         yield TextDelta(text)
-                yield FinalMessage(reply.finish(self.model))
+                yield FinalMessage(self._priced(reply.finish(self.model)))
         except httpcore.TimeoutException as err:
             raise self._transport_error(err) from err
         except (httpcore.NetworkError, httpcore.RemoteProtocolError, httpcore.ProxyError) as err:
@@ -975,3 +990,42 @@ def _snippet(body: bytes) -> str:
     if not text:
         return "<empty body>"
     return repr(text) + ("..." if len(body) > _SNIPPET else "")
+
+
+def _check_prices(prices: object) -> dict[str, tuple[float, float]]:
+    """`prices` as `{model: (input per million tokens, output per million tokens)}`."""
+    if prices is None:
+        return {}
+    if not isinstance(prices, Mapping):
+        raise TypeError(
+            f"prices must be a mapping of model name to (input, output), got {prices!r}"
+        )
+    checked: dict[str, tuple[float, float]] = {}
+    for name, pair in prices.items():
+        if (
+            not isinstance(name, str)
+            or not isinstance(pair, tuple)
+            or len(pair) != 2
+            or not all(
+                isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v >= 0
+                for v in pair
+            )
+        ):
+            raise ValueError(
+                f"prices[{name!r}] must be (input_per_million, output_per_million) with finite "
+                f"numbers >= 0, got {pair!r}"
+            )
+        checked[name] = (float(pair[0]), float(pair[1]))
+    return checked
+
+
+def _is_price(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
