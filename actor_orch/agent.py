@@ -329,6 +329,9 @@ class Agent:
                 result = self._run(added, None, settings, on_text_delta)
             else:
                 result = self._run_typed(added, spec, settings, on_text_delta)
+            # Aborted during its last model call: the caller was told so (a cancelled stream,
+            # a send that timed out), so the exchange must not enter the conversation.
+            self._check_abort()
             self._history = trim_history(self._history, self.options.history_limit)
             self._committed = self._history
             return result

@@ -33,7 +33,7 @@ import msgspec
 from loguru import logger
 
 from actor_orch.agent import trim_history
-from actor_orch.types import AgentMessage
+from actor_orch.types import AgentMessage, UserMessage
 
 __all__ = ["MemorySessionStore", "SessionStore", "SqliteSessionStore"]
 
@@ -162,33 +162,48 @@ class SqliteSessionStore:
         return conn
 
     def load(self, agent: str, session: str, limit: int | None = None) -> list[AgentMessage]:
+        # Newest first, stopping once more than `limit` are read with a user message among
+        # them (older rows cannot change what `trim_history` keeps). A LIMIT in SQL would cut
+        # inside a turn: a tool result without its call. The body is read as bytes, so a row
+        # that is not UTF-8 is one corrupt message, not an unreadable session.
         query = (
-            "SELECT body FROM session_messages WHERE agent = ? AND session = ? "
-            "ORDER BY seq DESC LIMIT ?"
+            "SELECT CAST(body AS BLOB) FROM session_messages WHERE agent = ? AND session = ? "
+            "ORDER BY seq DESC"
         )
+        newest_first: list[AgentMessage] = []
+        has_turn = False  # a user message is among them: older ones can no longer matter
         with self._lock:
             conn = self._connect()
             if conn is None:
                 return []
             try:
-                rows = conn.execute(query, (agent, session, -1 if limit is None else limit))
-                bodies = [row[0] for row in rows]
+                for (body,) in conn.execute(query, (agent, session)):
+                    message = self._decode(body, agent, session)
+                    if message is None:
+                        continue
+                    newest_first.append(message)
+                    has_turn = has_turn or isinstance(message, UserMessage)
+                    if limit is not None and has_turn and len(newest_first) > limit:
+                        break
             except sqlite3.Error as err:
                 logger.warning("session store {}: cannot read ({}); acts empty", self.path, err)
                 return []
-        messages: list[AgentMessage] = []
-        for body in reversed(bodies):
-            try:
-                messages.append(_DECODER.decode(body))
-            except (msgspec.DecodeError, UnicodeDecodeError, TypeError) as err:
-                logger.warning(
-                    "session store {}: skipped a corrupt message of {}/{} ({})",
-                    self.path,
-                    agent,
-                    session,
-                    err,
-                )
-        return trim_history(messages, limit)
+        newest_first.reverse()
+        return trim_history(newest_first, limit)
+
+    def _decode(self, body: bytes, agent: str, session: str) -> AgentMessage | None:
+        try:
+            message: AgentMessage = _DECODER.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, TypeError) as err:
+            logger.warning(
+                "session store {}: skipped a corrupt message of {}/{} ({})",
+                self.path,
+                agent,
+                session,
+                err,
+            )
+            return None
+        return message
 
     def append(self, agent: str, session: str, messages: Sequence[AgentMessage]) -> None:
         rows = [(agent, session, _ENCODER.encode(message)) for message in messages]

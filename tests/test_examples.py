@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import doctest
+import http.client
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -13,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import pytest
 from support import outcomes_of, read_line
@@ -105,6 +109,11 @@ def threaded_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # A script's own directory comes first on sys.path: make it import this checkout.
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
     )
     try:
         assert process.stdout is not None
@@ -160,6 +169,133 @@ def test_threaded_server_stops_gracefully_on_ctrl_c(
     _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def connect(base: str) -> http.client.HTTPConnection:
+    host, port = base.removeprefix("http://").split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=RUN_TIMEOUT_S)
+
+
+def call(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    text: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    body = None if text is None else json.dumps({"text": text})
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, response.headers, response.read()
+
+
+def test_threaded_server_keeps_each_clients_conversation_to_itself(
+    threaded_server: tuple[subprocess.Popen[str], str],
+) -> None:
+    _, base = threaded_server
+    alice, bob = connect(base), connect(base)
+    as_alice = {"X-Session": "alice"}
+    status, headers, body = call(alice, "POST", "/agents/memo", "my password is hunter2", as_alice)
+    assert (status, json.loads(body)) == (200, {"text": "my password is hunter2"})
+    assert headers["X-Session"] == "alice"
+
+    # Bob sends neither header nor cookie: he gets a session of his own, and a cookie for it.
+    status, headers, body = call(bob, "POST", "/agents/memo", "what do you remember?")
+    assert (status, json.loads(body)) == (200, {"text": "what do you remember?"})
+    bob_session = headers["X-Session"]
+    assert bob_session not in ("", "alice")
+    assert headers["Set-Cookie"].startswith(f"session={bob_session};")
+    as_bob = {"Cookie": f"session={bob_session}"}
+    status, _, body = call(bob, "POST", "/agents/memo", "anything else?", as_bob)
+    assert json.loads(body) == {"text": "what do you remember? | anything else?"}
+    status, _, body = call(bob, "GET", "/agents/memo/history", headers=as_bob)
+    assert status == 200
+    assert b"hunter2" not in body
+    assert [m["role"] for m in json.loads(body)] == ["user", "assistant"] * 2
+
+    status, _, body = call(alice, "POST", "/agents/memo", "and my password?", as_alice)
+    assert json.loads(body) == {"text": "my password is hunter2 | and my password?"}
+    status, _, body = call(alice, "DELETE", "/agents/memo/history", headers=as_alice)
+    assert (status, body) == (204, b"")
+    status, _, body = call(alice, "POST", "/agents/memo", "hello again", as_alice)
+    assert json.loads(body) == {"text": "hello again"}
+
+    def converse(client: int) -> list[str]:
+        conn = connect(base)
+        replies = []
+        for turn in range(5):
+            _, _, body = call(
+                conn, "POST", "/agents/memo", f"c{client}:{turn}", {"X-Session": f"c{client}"}
+            )
+            replies.append(json.loads(body)["text"])
+        conn.close()
+        return replies
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        conversations = list(pool.map(converse, range(10)))
+    assert conversations == [
+        [" | ".join(f"c{c}:{t}" for t in range(turn + 1)) for turn in range(5)] for c in range(10)
+    ]
+    status, _, body = call(bob, "POST", "/agents/memo", "x", {"X-Session": "not ok!"})
+    assert (status, json.loads(body)) == (
+        400,
+        {"error": "a session id is 1-64 of A-Z a-z 0-9 _ . -"},
+    )
+
+
+def read_chunked(stream: IO[bytes]) -> tuple[int, dict[str, str], list[bytes]]:
+    """Status, headers and the chunks, as sent, of one chunked HTTP/1.1 response."""
+    status = int(stream.readline().split()[1])
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, value = line.decode().split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    chunks = []
+    while size := int(stream.readline().strip(), 16):
+        chunks.append(stream.read(size))
+        assert stream.read(2) == b"\r\n"
+    assert stream.readline() == b"\r\n"
+    return status, headers, chunks
+
+
+def test_threaded_server_streams_each_delta_as_a_chunk(
+    threaded_server: tuple[subprocess.Popen[str], str],
+) -> None:
+    _, base = threaded_server
+    host, port = base.removeprefix("http://").split(":")
+    body = json.dumps({"text": "one two three four"}).encode()
+    with socket.create_connection((host, int(port)), timeout=RUN_TIMEOUT_S) as sock:
+        stream = sock.makefile("rb")
+        for _ in range(2):  # twice on one connection: the stream ends cleanly
+            sock.sendall(
+                b"POST /agents/echo/stream HTTP/1.1\r\nHost: x\r\nX-Session: s\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            status, headers, chunks = read_chunked(stream)
+            assert status == 200
+            assert headers["transfer-encoding"] == "chunked"
+            assert headers["x-session"] == "s"
+            assert chunks == [b"one ", b"two ", b"three ", b"four"]
+    status, reply = post(f"{base}/agents/echo", body)
+    assert (status, reply) == (200, {"text": b"".join(chunks).decode()})
+
+
+def test_threaded_server_serves_many_requests_on_one_kept_alive_connection(
+    threaded_server: tuple[subprocess.Popen[str], str],
+) -> None:
+    _, base = threaded_server
+    conn = connect(base)
+    call(conn, "POST", "/agents/echo", "first", {"X-Session": "k"})
+    sock = conn.sock
+    answers = []
+    for i in range(150):
+        path = ["/agents/echo", "/agents/echo/stream", "/agents/shout"][i % 3]
+        status, _, body = call(conn, "POST", path, f"message {i}", {"X-Session": "k"})
+        text = body.decode() if path.endswith("stream") else json.loads(body)["text"]
+        answers.append((status, text))
+    assert answers == [(200, f"MESSAGE {i}" if i % 3 == 2 else f"message {i}") for i in range(150)]
+    assert conn.sock is sock  # every request went over the first connection
+    conn.close()
 
 
 def test_repl_session_in_examples_replays_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
