@@ -345,6 +345,7 @@ class OrchestratedHandle:
         `timeout` bounds the whole request, iteration included. See `AgentStream`.
         """
         limit = check_timeout(timeout)
+        self._refuse_own_thread("stream_message")
         request = self._request([_user_text(text)], session, output_type, abortable=True)
         stream = AgentStream(self, request, limit)
         request.on_delta = stream._push
