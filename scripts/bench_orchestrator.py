@@ -108,6 +108,32 @@ def main() -> None:
     print(f"fail -> restart -> serve      : {cycle * 1e6:8.1f} us/cycle")
     print(f"ratio send_message / bare ask : {send_ratio:6.2f}  (target <= 1.2)")
     print(f"ratio restart cycle / send    : {cycle_ratio:6.2f}  (target <= 3.5)")
+    traced = instrumented_ratio(n, r)
+    if traced is not None:
+        print(f"ratio instrumented / plain    : {traced:6.2f}  (target <= 1.3, OTel SDK on)")
+
+
+def instrumented_ratio(requests: int, repeats: int) -> float | None:
+    """send_message with `actor_orch.otel.instrument()` on (SDK provider, spans dropped by a
+    no-op processor) over send_message with it off, median of paired repeats."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from actor_orch.otel import instrument, uninstrument
+    except ImportError:
+        print("(OpenTelemetry SDK not installed: instrument() overhead not measured)")
+        return None
+    provider = TracerProvider()  # records spans, exports nowhere: the cost is ours + the SDK's
+    ratios = []
+    for _ in range(repeats):
+        plain = orchestrated(requests)
+        instrument(tracer_provider=provider)
+        try:
+            traced = orchestrated(requests)
+        finally:
+            uninstrument()
+        ratios.append(traced / plain)
+    return statistics.median(ratios)
 
 
 if __name__ == "__main__":
