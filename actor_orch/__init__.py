@@ -7,6 +7,7 @@ Logging is off by default, as in any library; turn it on with
 from actor_orch import _logging
 from actor_orch.agent import Agent, AgentOptions
 from actor_orch.checkpoint import (
+    CheckpointedStep,
     CheckpointStore,
     MemoryCheckpointStore,
     SqliteCheckpointStore,
@@ -47,6 +48,7 @@ from actor_orch.executor import (
     StepOutcome,
     execute_steps_parallel,
 )
+from actor_orch.graph import GraphError, check_graph, execute_graph
 from actor_orch.models import (
     EchoModel,
     FinalMessage,
@@ -104,6 +106,7 @@ __all__ = [
     "AuthError",
     "Backoff",
     "CheckpointStore",
+    "CheckpointedStep",
     "ContentBlock",
     "ContentFiltered",
     "ContextWindowOverflow",
@@ -113,6 +116,7 @@ __all__ = [
     "Event",
     "FinalMessage",
     "FunctionModel",
+    "GraphError",
     "LocalExecutor",
     "MemoryCheckpointStore",
     "Model",
@@ -146,6 +150,8 @@ __all__ = [
     "Usage",
     "UserMessage",
     "WorkflowCheckpoint",
+    "check_graph",
+    "execute_graph",
     "execute_loop",
     "execute_pipeline",
     "execute_steps_parallel",
