@@ -326,6 +326,11 @@ class SqliteCheckpointStore:
             if not wanted <= found:
                 raise sqlite3.DatabaseError(f"table {table} lacks {sorted(wanted - found)}")
 
+    @property
+    def problem(self) -> str | None:
+        """Why the store is unusable (it then acts empty), or None when it works."""
+        return None if self._usable() else self._state
+
     def _warn(self, problem: str) -> None:
         if not self._warned:  # once per store: a broken file must not flood the log
             self._warned = True
