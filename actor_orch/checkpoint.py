@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
@@ -255,6 +256,15 @@ class SqliteCheckpointStore:
         self._connections: list[sqlite3.Connection] = []
         self._state: str | None = None  # None: not checked yet; "ok"; or why it is unusable
         self._warned = False
+        # Rows of save_step waiting for the writer thread, and how many were queued/written.
+        self._pending_lock = threading.Condition(threading.Lock())
+        self._pending: list[tuple[object, ...]] = []
+        self._queued = 0
+        self._committed = 0
+        self._writer: threading.Thread | None = None
+        self._idle = False  # the writer waits for rows (not inside a batch window)
+        self._flushing = 0  # callers of flush() waiting
+        self._busy_warned = False
         weakref.finalize(self, _close_all, self._connections)
         self._usable()
 
@@ -342,6 +352,7 @@ class SqliteCheckpointStore:
         """The checkpoint of `workflow_id`, or None; unreadable steps are left out."""
         if not self._usable():
             return None
+        self.flush()
         try:
             db = self._db()
             head = db.execute(
@@ -377,12 +388,13 @@ class SqliteCheckpointStore:
         """Replace the whole checkpoint of `workflow_id`, in one transaction."""
         if not self._usable():
             return
+        self.flush()
         rows: list[tuple[object, ...]] = [
             (workflow_id, task_id, _encoder.encode(step), checkpoint.updated_at)
             for task_id, step in checkpoint.steps.items()
         ]
         self._write(
-            workflow_id,
+            f"checkpoint {workflow_id!r}",
             [
                 ("DELETE FROM checkpoint_steps WHERE workflow_id = ?", [(workflow_id,)]),
                 (
@@ -395,22 +407,80 @@ class SqliteCheckpointStore:
         )
 
     def save_step(self, workflow_id: str, task_id: str, step: CheckpointedStep) -> None:
-        """Add or replace one step of `workflow_id`'s checkpoint: one row, one statement."""
+        """Add or replace one step of `workflow_id`'s checkpoint: one row, whatever its size.
+
+        The row is handed to the store's writer thread, which commits every row waiting at
+        that moment in one short transaction (group commit) within about 20 ms; `load`,
+        `save`, `delete`, [`flush`][] and `close` of this store see it at once, other
+        processes once committed. Rows still waiting when the process exits are committed by
+        an exit handler.
+        """
         if not self._usable():
             return
         row = (workflow_id, task_id, _encoder.encode(step), time.time())
-        try:
-            self._db().execute(_SAVE_STEP, row)  # autocommit: one short transaction
-        except _STORAGE_ERRORS as err:
-            logger.warning(
-                "cannot save step {!r} of {!r} to {}: {}", task_id, workflow_id, self.path, err
-            )
+        with self._pending_lock:
+            self._pending.append(row)
+            self._queued += 1
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_pending, name="actor-orch-checkpoints", daemon=True
+                )
+                self._writer.start()
+                _stores_with_writers.add(self)
+            elif self._idle:
+                self._pending_lock.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every step saved so far is committed; False if `timeout` (seconds,
+        default the store's `timeout` + 1) passed first."""
+        limit = self.timeout + 1.0 if timeout is None else timeout
+        with self._pending_lock:
+            target = self._queued
+            self._flushing += 1
+            self._pending_lock.notify_all()  # the writer commits now, without its window
+            try:
+                return self._pending_lock.wait_for(lambda: self._committed >= target, limit)
+            finally:
+                self._flushing -= 1
+
+    def _write_pending(self) -> None:
+        """The writer thread: commit what is pending, batch by batch; end when idle."""
+        lock = self._pending_lock
+        while True:
+            with lock:
+                if not self._pending:
+                    self._idle = True
+                    lock.wait(_WRITER_IDLE_S)
+                    self._idle = False
+                    if not self._pending:
+                        self._writer = None
+                        return
+                if not self._flushing:
+                    # Let the rows of steps ending about now join this batch: one commit for
+                    # many steps (at most ~50 a second) instead of one per step. Only a
+                    # flush() cuts the window short.
+                    lock.wait(_BATCH_WINDOW_S)
+                rows, self._pending = self._pending, []
+            written: bool | None = False
+            try:
+                written = self._write(
+                    f"{len(rows)} checkpointed steps", [(_SAVE_STEP, rows)], retry_busy=True
+                )
+            finally:
+                with lock:
+                    if written is None:  # busy (another process writes): try again later
+                        self._pending[:0] = rows
+                        lock.wait(_BATCH_WINDOW_S)
+                    else:
+                        self._committed += len(rows)
+                    lock.notify_all()
 
     def delete(self, workflow_id: str) -> None:
         if not self._usable():
             return
+        self.flush()
         self._write(
-            workflow_id,
+            f"checkpoint {workflow_id!r}",
             [
                 ("DELETE FROM checkpoint_steps WHERE workflow_id = ?", [(workflow_id,)]),
                 ("DELETE FROM checkpoint_workflows WHERE workflow_id = ?", [(workflow_id,)]),
@@ -418,8 +488,17 @@ class SqliteCheckpointStore:
         )
 
     def _write(
-        self, workflow_id: str, statements: list[tuple[str, list[tuple[object, ...]]]]
-    ) -> None:
+        self,
+        what: str,
+        statements: list[tuple[str, list[tuple[object, ...]]]],
+        *,
+        retry_busy: bool = False,
+    ) -> bool | None:
+        """Run `statements` (each with its rows) in one transaction; `what` names it in logs.
+
+        True when committed, False when it failed (logged), None when the file stayed locked
+        for the whole busy timeout and `retry_busy` asks the caller to try again later.
+        """
         try:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
@@ -431,11 +510,26 @@ class SqliteCheckpointStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+        except sqlite3.OperationalError as err:
+            busy = "locked" in str(err) or "busy" in str(err)
+            if busy and retry_busy:
+                if not self._busy_warned:
+                    self._busy_warned = True
+                    logger.warning("checkpoint store {} is locked ({}); will retry", self.path, err)
+                return None
+            logger.warning("cannot write {} to {}: {}", what, self.path, err)
+            return False
         except _STORAGE_ERRORS as err:
-            logger.warning("cannot write checkpoint {!r} to {}: {}", workflow_id, self.path, err)
+            logger.warning("cannot write {} to {}: {}", what, self.path, err)
+            return False
+        self._busy_warned = False
+        return True
 
     def close(self) -> None:
-        """Close the connections of every thread; the store reconnects if used again."""
+        """Commit the steps still waiting, close the connections of every thread; the store
+        reconnects if used again."""
+        if self._state == "ok":
+            self.flush()
         with self._lock:
             connections = list(self._connections)
             self._connections.clear()
@@ -444,6 +538,21 @@ class SqliteCheckpointStore:
 
     def __repr__(self) -> str:
         return f"SqliteCheckpointStore({str(self.path)!r}, timeout={self.timeout!r})"
+
+
+# How long the writer thread of a store waits for more rows before it ends.
+_WRITER_IDLE_S = 0.5
+# How long the writer thread lets rows gather before it commits them.
+_BATCH_WINDOW_S = 0.02
+_stores_with_writers: weakref.WeakSet[SqliteCheckpointStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Commit the rows still waiting in any store when the interpreter exits."""
+    for store in list(_stores_with_writers):
+        with contextlib.suppress(Exception):
+            store.flush()
 
 
 def _close_all(connections: list[sqlite3.Connection]) -> None:

@@ -307,6 +307,8 @@ def _run_command(args: argparse.Namespace) -> int:
             outcomes = run.execute()
         finally:
             orchestrator.shutdown(timeout=_SHUTDOWN_TIMEOUT_S)
+            if isinstance(store, SqliteCheckpointStore):
+                store.close()  # commits the steps still waiting for the writer thread
     print(run.summary(outcomes), file=sys.stderr)
     if run.output_error is not None:
         raise OutputError(run.output_error)
