@@ -7,6 +7,7 @@ Logging is off by default, as in any library; turn it on with
 from actor_orch import _logging
 from actor_orch.agent import Agent, AgentOptions
 from actor_orch.checkpoint import (
+    CheckpointedStep,
     CheckpointStore,
     MemoryCheckpointStore,
     SqliteCheckpointStore,
@@ -49,6 +50,7 @@ from actor_orch.executor import (
     StepOutcome,
     execute_steps_parallel,
 )
+from actor_orch.graph import GraphError, check_graph, execute_graph
 from actor_orch.models import (
     EchoModel,
     FinalMessage,
@@ -108,6 +110,7 @@ __all__ = [
     "AuthError",
     "Backoff",
     "CheckpointStore",
+    "CheckpointedStep",
     "ContentBlock",
     "ContentFiltered",
     "ContextWindowOverflow",
@@ -117,6 +120,7 @@ __all__ = [
     "Event",
     "FinalMessage",
     "FunctionModel",
+    "GraphError",
     "LocalExecutor",
     "MemoryCheckpointStore",
     "MemorySessionStore",
@@ -155,6 +159,8 @@ __all__ = [
     "Usage",
     "UserMessage",
     "WorkflowCheckpoint",
+    "check_graph",
+    "execute_graph",
     "execute_loop",
     "execute_pipeline",
     "execute_steps_parallel",

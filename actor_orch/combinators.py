@@ -17,16 +17,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import msgspec
 from loguru import logger
 
-from actor_orch.checkpoint import CheckpointedStep, CheckpointStore, WorkflowCheckpoint
+from actor_orch.checkpoint import CheckpointStore, spec_digest
 from actor_orch.events import EventCallback
 from actor_orch.executor import (
     AgentExecutor,
@@ -35,6 +31,7 @@ from actor_orch.executor import (
     execute_steps_parallel,
     to_outcome,
 )
+from actor_orch.graph import execute_graph
 from actor_orch.pool import Failure, run_ordered
 
 __all__ = [
@@ -142,11 +139,6 @@ def execute_loop(
     return rounds
 
 
-def spec_digest(spec: AgentStepSpec) -> str:
-    """A stable digest of everything in `spec`, to tell whether a checkpointed step still fits."""
-    return hashlib.sha256(msgspec.json.encode(spec, order="sorted")).hexdigest()
-
-
 def execute_steps_parallel_resumable(
     executor: AgentExecutor,
     specs: Sequence[AgentStepSpec],
@@ -156,9 +148,12 @@ def execute_steps_parallel_resumable(
 ) -> list[StepOutcome]:
     """`execute_steps_parallel` that survives being stopped: finished steps are not re-run.
 
-    Each successful outcome is saved to `store` under `workflow_id` as soon as its step ends.
-    A later call with the same id returns the saved outcome of every step whose spec is
-    unchanged and runs only the others (failed steps run again). Task ids must be unique.
+    Each successful outcome is saved to `store` under `workflow_id` as soon as its step ends
+    (one step at a time, at a cost that does not grow with the steps saved before it). A later
+    call with the same id returns the saved outcome of every step whose spec is unchanged and
+    runs only the others (failed steps run again). A completed workflow keeps its checkpoint
+    until `store.delete(workflow_id)`. Task ids must be unique. This is
+    [`execute_graph`][actor_orch.execute_graph] without needs.
     """
     todo = list(specs)
     seen: set[str] = set()
@@ -168,40 +163,4 @@ def execute_steps_parallel_resumable(
         if spec.task_id in seen:
             raise ValueError(f"specs[{index}]: duplicate task_id {spec.task_id!r}")
         seen.add(spec.task_id)
-    digests = {spec.task_id: spec_digest(spec) for spec in todo}
-    checkpoint = store.load(workflow_id) or WorkflowCheckpoint()
-    cached: dict[int, StepOutcome] = {}
-    for index, spec in enumerate(todo):
-        saved = checkpoint.steps.get(spec.task_id)
-        if saved and saved.spec_digest == digests[spec.task_id] and saved.outcome.success:
-            cached[index] = saved.outcome
-    logger.debug(
-        "workflow {}: {} of {} steps restored from the checkpoint",
-        workflow_id,
-        len(cached),
-        len(todo),
-    )
-    pending = [i for i in range(len(todo)) if i not in cached]
-    lock = threading.Lock()
-
-    class _Checkpointing(AgentExecutor):
-        def execute_step(
-            self, spec: AgentStepSpec, events: EventCallback | None = None
-        ) -> StepOutcome:
-            outcome = executor.execute_step(spec, events)
-            if isinstance(outcome, StepOutcome) and outcome.success:
-                with lock:  # one save at a time keeps every saved checkpoint complete
-                    checkpoint.steps[spec.task_id] = CheckpointedStep(
-                        digests[spec.task_id], outcome
-                    )
-                    checkpoint.updated_at = time.time()
-                    store.save(workflow_id, checkpoint)
-            return outcome
-
-        def concurrency_hint(self) -> int:
-            return executor.concurrency_hint()
-
-    fresh = execute_steps_parallel(_Checkpointing(), [todo[i] for i in pending], events)
-    outcomes = dict(cached)
-    outcomes.update(zip(pending, fresh, strict=True))
-    return [outcomes[i] for i in range(len(todo))]
+    return execute_graph(executor, todo, None, events, store=store, workflow_id=workflow_id)

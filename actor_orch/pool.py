@@ -364,6 +364,13 @@ class ActorPool:
 
     # -- waiting callers that are workers of this pool -----------------------------------
 
+    def holds_this_thread(self) -> bool:
+        """Whether the calling code runs inside an item of this pool (on its worker, or on a
+        thread the item started with a copy of its context): waiting there for other items of
+        this pool could wait for the very place it holds."""
+        slot = _current_slot.get()
+        return slot is not None and slot.pool is self
+
     # -- teardown --------------------------------------------------------------------------
 
     def close(self, timeout: float = _JOIN_TIMEOUT_S) -> None:

@@ -1,10 +1,13 @@
 """The workflow file format read by `actor-orch run`: agents to register and steps to run.
 
 A workflow is TOML (`.toml`) or JSON (`.json`) holding an `[agents]` table and a `steps`
-array. Each step is an [`AgentStepSpec`][actor_orch.AgentStepSpec], decoded as is. Everything
-is checked before anything runs: types (msgspec, so the error names the path), unknown keys
-(typos are errors, not silently ignored settings), steps naming an undefined agent, duplicate
-task ids, an empty `steps` array and output schemas that are not valid JSON schemas.
+array. Each step is a [`WorkflowStep`][]: the fields of an
+[`AgentStepSpec`][actor_orch.AgentStepSpec] plus `needs`, the task ids it needs (see
+`actor_orch.graph` for the templates a prompt may use). Everything is checked before anything
+runs: types (msgspec, so the error names the path), unknown keys (typos are errors, not
+silently ignored settings), steps naming an undefined agent, duplicate task ids, an empty
+`steps` array, output schemas that are not valid JSON schemas, unknown needs, cycles, and
+templates naming a step that is not needed.
 
 Example:
     >>> import pathlib, tempfile
@@ -39,37 +42,83 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from actor_orch.executor import AgentStepSpec
+from actor_orch.graph import GraphError, check_graph
+from actor_orch.models.settings import ModelSettings
+from actor_orch.spec import AgentStepSpec
 from actor_orch.structured import InvalidOutput, check_schema
 
-__all__ = ["AgentSpec", "ModelKind", "Workflow", "WorkflowError", "load_workflow"]
+__all__ = ["AgentSpec", "ModelKind", "Workflow", "WorkflowError", "WorkflowStep", "load_workflow"]
 
 ModelKind = Literal["echo", "openai"]
 """Which model an agent runs: the offline `EchoModel`, or an OpenAI-compatible server."""
 
 _BARE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-# Keys a step table may hold: exactly the fields of AgentStepSpec, whatever they become.
-_STEP_KEYS = frozenset(field.encode_name for field in msgspec.structs.fields(AgentStepSpec))
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+# Fields that only mean something for an agent on an OpenAI-compatible server.
+_SERVER_FIELDS = ("model_name", "base_url", "api_key_env")
 
 
-class AgentSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class AgentSpec(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    omit_defaults=True,
+    repr_omit_defaults=True,
+):
     """One `[agents.NAME]` table: how to build the agent registered as NAME.
 
-    `model` left out means the run's default (`actor-orch run --model`); `max_turns` caps
-    model calls per step (`None` = no cap, a step's `max_steps` overrides it).
+    - `model` left out means the run's default (`actor-orch run --model`).
+    - `model_name`, `base_url`, `api_key_env`: for an agent on an OpenAI-compatible server,
+      override `--model-name`, `--base-url` and `--api-key-env` (ignored when the agent runs
+      the echo model by default; an error with `model = "echo"`). Agents on the same server
+      (URL, model name and key) share one model object.
+    - `max_turns` caps model calls per step (`None` = no cap, a step's `max_steps` overrides
+      it); `history_limit` is `AgentOptions.history_limit`.
+    - `settings`, the `[agents.NAME.settings]` table: an `actor_orch.ModelSettings`
+      (`max_tokens`, `temperature`, ...), sent with every model call of the agent.
     """
 
     system_prompt: str = ""
     model: ModelKind | None = None
+    model_name: _NonEmpty | None = None
+    base_url: _NonEmpty | None = None
+    api_key_env: _NonEmpty | None = None
     max_turns: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    history_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    settings: ModelSettings | None = None
+
+
+class WorkflowStep(AgentStepSpec, frozen=True, omit_defaults=True):
+    """One `[[steps]]` table: an `AgentStepSpec` plus `needs`, the task ids it needs.
+
+    The step starts once every step it needs has succeeded; its prompt may read their
+    results with `{{ steps.ID.output }}` and `{{ steps.ID.structured.FIELD }}`.
+
+    Example:
+        >>> step = WorkflowStep("w", "writer", "write", "Use {{ steps.r.output }}", needs=("r",))
+        >>> step.needs, isinstance(step, AgentStepSpec)
+        (('r',), True)
+    """
+
+    needs: tuple[str, ...] = ()
+
+
+# Keys a step table may hold: exactly the fields of WorkflowStep, whatever they become.
+_STEP_KEYS = frozenset(field.encode_name for field in msgspec.structs.fields(WorkflowStep))
 
 
 class Workflow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A whole workflow file. `max_parallel` is the most steps run at once (`None` = default)."""
 
     agents: dict[Annotated[str, msgspec.Meta(min_length=1)], AgentSpec]
-    steps: list[AgentStepSpec]
+    steps: list[WorkflowStep]
     max_parallel: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    @property
+    def needs(self) -> dict[str, tuple[str, ...]]:
+        """What each step needs, by task id (steps that need nothing are left out); the
+        `needs` argument of `actor_orch.execute_graph`."""
+        return {step.task_id: step.needs for step in self.steps if step.needs}
 
 
 class WorkflowError(ValueError):
@@ -152,6 +201,8 @@ def _agent_path(name: str) -> str:
 
 def _check(path: str | os.PathLike[str], raw: Any, workflow: Workflow) -> None:
     """The checks a type cannot express; the first problem found is raised."""
+    for name, agent in workflow.agents.items():
+        _check_agent(path, name, agent)
     if not workflow.steps:
         raise WorkflowError(path, "$.steps: the workflow has no steps")
     first_seen: dict[str, int] = {}
@@ -180,3 +231,21 @@ def _check(path: str | os.PathLike[str], raw: Any, workflow: Workflow) -> None:
                 check_schema(step.output_schema)
             except InvalidOutput as err:
                 raise WorkflowError(path, f"{where}.output_schema: {err}") from None
+    try:
+        check_graph(workflow.steps, workflow.needs)
+    except GraphError as err:
+        raise WorkflowError(path, err.at("$.steps")) from None
+
+
+def _check_agent(path: str | os.PathLike[str], name: str, agent: AgentSpec) -> None:
+    where = _agent_path(name)
+    if agent.model == "echo":
+        for field in _SERVER_FIELDS:
+            if getattr(agent, field) is not None:
+                raise WorkflowError(
+                    path, f'{where}.{field}: only used by model = "openai", not "echo"'
+                )
+    if agent.base_url is not None and not agent.base_url.startswith(("http://", "https://")):
+        raise WorkflowError(
+            path, f"{where}.base_url: must be an http:// or https:// URL, got {agent.base_url!r}"
+        )

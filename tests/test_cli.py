@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,6 +135,11 @@ class ChatServer:
             )
 
 
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away (a run stopped by a signal) is expected here
+
+
 @pytest.fixture
 def chat_server() -> Iterator[Callable[[Callable[[dict[str, Any]], dict[str, Any]]], ChatServer]]:
     servers: list[ThreadingHTTPServer] = []
@@ -158,7 +164,7 @@ def chat_server() -> Iterator[Callable[[Callable[[dict[str, Any]], dict[str, Any
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = QuietServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         # A short poll interval keeps shutdown() at teardown quick.
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -536,30 +542,595 @@ BAD_FILES = {
         GOOD_AGENTS + step("t0", "a", "p") + 'output_schema = { type = "banana" }\n',
         "$.steps[0].output_schema: invalid output_schema",
     ),
+    "unknown-need": BadFile(
+        "wf.toml",
+        GOOD_AGENTS + step("t0", "a", "p") + step("t1", "a", "q") + 'needs = ["t0", "t9"]\n',
+        "$.steps[1].needs[1]: unknown step 't9': no step has this task id",
+    ),
+    "cycle": BadFile(
+        "wf.toml",
+        GOOD_AGENTS
+        + step("t0", "a", "p")
+        + 'needs = ["t2"]\n'
+        + step("t1", "a", "q")
+        + 'needs = ["t0"]\n'
+        + step("t2", "a", "r")
+        + 'needs = ["t1"]\n',
+        "$.steps[0].needs[0]: dependency cycle: t0 -> t2 -> t1 -> t0",
+    ),
+    "template-not-needed": BadFile(
+        "wf.toml",
+        GOOD_AGENTS + step("t0", "a", "p") + step("t1", "a", "use {{ steps.t0.output }}"),
+        "$.steps[1].prompt: {{ steps.t0.output }} refers to step 't0', which is not in this "
+        "step's needs",
+    ),
+    "malformed-template": BadFile(
+        "wf.toml",
+        GOOD_AGENTS + step("t0", "a", "use {{ t0.output }}"),
+        "$.steps[0].prompt: {{ t0.output }} is not a template this format knows",
+    ),
+    "structured-without-schema": BadFile(
+        "wf.toml",
+        GOOD_AGENTS
+        + step("t0", "a", "p")
+        + step("t1", "a", "{{ steps.t0.structured.x }}")
+        + 'needs = ["t0"]\n',
+        "$.steps[1].prompt: {{ steps.t0.structured.x }}: step 't0' has no output_schema",
+    ),
+    "needs-not-a-list": BadFile(
+        "wf.toml",
+        GOOD_AGENTS + step("t0", "a", "p") + step("t1", "a", "q") + 'needs = "t0"\n',
+        "Expected `array`, got `str` - at `$.steps[1].needs`",
+    ),
+    "bad-setting": BadFile(
+        "wf.toml",
+        '[agents.a]\n[agents.a.settings]\ntemperature = "hot"\n' + step("t0", "a", "p"),
+        "Expected `float | null`, got `str` - at `$.agents.a.settings.temperature`",
+    ),
+    "unknown-setting": BadFile(
+        "wf.toml",
+        "[agents.a]\n[agents.a.settings]\nmax_token = 5\n" + step("t0", "a", "p"),
+        "Object contains unknown field `max_token` - at `$.agents.a.settings`",
+    ),
+    "invalid-setting": BadFile(
+        "wf.toml",
+        "[agents.a]\n[agents.a.settings]\nmax_tokens = 0\n" + step("t0", "a", "p"),
+        "max_tokens must be an int >= 1, got 0 - at `$.agents.a.settings`",
+    ),
+    "bad-history-limit": BadFile(
+        "wf.toml",
+        "[agents.a]\nhistory_limit = 0\n" + step("t0", "a", "p"),
+        "Expected `int` >= 1 - at `$.agents.a.history_limit`",
+    ),
+    "server-field-on-echo": BadFile(
+        "wf.toml",
+        '[agents.a]\nmodel = "echo"\nmodel_name = "big"\n' + step("t0", "a", "p"),
+        '$.agents.a.model_name: only used by model = "openai", not "echo"',
+    ),
+    "bad-agent-base-url": BadFile(
+        "wf.toml",
+        '[agents.a]\nbase_url = "ftp://x"\n' + step("t0", "a", "p"),
+        "$.agents.a.base_url: must be an http:// or https:// URL, got 'ftp://x'",
+    ),
 }
+# Cases also checked with `validate` (each run costs an interpreter start-up).
+VALIDATED = ("missing-file", "duplicate-task-id", "cycle", "template-not-needed", "bad-setting")
+BadRuns = dict[
+    str, tuple[Path, subprocess.CompletedProcess[str], subprocess.CompletedProcess[str] | None]
+]
 
 
 @pytest.fixture(scope="module")
 def bad_file_runs(
     tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+) -> BadRuns:
     paths = {}
     for case, bad in BAD_FILES.items():
         paths[case] = tmp_path_factory.mktemp(case) / bad.name
         if bad.text is not None:
             paths[case].write_text(textwrap.dedent(bad.text))
-    results = run_all({case: [*PYTHON_M, "run", str(path)] for case, path in paths.items()})
-    return {case: (paths[case], results[case]) for case in BAD_FILES}
+    commands = {(case, "run"): [*PYTHON_M, "run", str(path)] for case, path in paths.items()}
+    for case in VALIDATED:
+        commands[case, "validate"] = [*PYTHON_M, "validate", str(paths[case])]
+    results = run_all(commands)
+    return {
+        case: (paths[case], results[case, "run"], results.get((case, "validate")))
+        for case in BAD_FILES
+    }
 
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_bad_workflow_file_exits_2_with_one_line_naming_file_and_field(
-    case: str, bad_file_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
+    case: str, bad_file_runs: BadRuns
 ) -> None:
-    path, result = bad_file_runs[case]
+    path, result, validated = bad_file_runs[case]
+    for each in (result, validated) if validated else (result,):  # `validate` rejects alike
+        assert each.returncode == 2
+        assert each.stdout == ""
+        assert "Traceback" not in each.stderr
+        [line] = each.stderr.splitlines()
+        assert line.startswith(f"error: {path}: ")
+        assert BAD_FILES[case].expected in line
+
+
+# --- workflow graphs -----------------------------------------------------------------------------
+
+
+def by_prompt(
+    replies: dict[str, Callable[[str], str]], default: Callable[[str], str] = lambda text: text
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A server behaviour: the reply to a request is `replies[first word of its prompt](prompt)`."""
+
+    def respond(body: dict[str, Any]) -> dict[str, Any]:
+        text = last_user_text(body)
+        return completion(replies.get(text.split()[0], default)(text))
+
+    return respond
+
+
+def test_a_step_runs_while_an_unrelated_slow_step_is_still_running(
+    tmp_path: Path, chat_server: Any
+) -> None:
+    # "slow" is answered only once the server has seen "write", which needs "facts": with a
+    # barrier between levels, "write" could not start before "slow" ended.
+    write_seen = threading.Event()
+
+    def slow(text: str) -> str:
+        return "released" if write_seen.wait(WAIT_S) else "held back by a barrier"
+
+    def write_reply(text: str) -> str:
+        write_seen.set()
+        return f"draft from {text}"
+
+    server = chat_server(by_prompt({"slow": slow, "write": write_reply}, str.upper))
+    workflow = write(
+        tmp_path,
+        "wf.toml",
+        "[agents.a]\n"
+        + step("slow", "a", "slow job")
+        + step("facts", "a", "facts please")
+        + step("write", "a", "write {{ steps.facts.output }}")
+        + 'needs = ["facts"]\n',
+    )
+    result = run_cli("run", str(workflow), "--model", "openai", "--base-url", server.base_url)
+    assert result.returncode == 0, result.stderr
+    outputs = [o.output for o in outcomes_of(result.stdout)]
+    assert outputs == ["released", "FACTS PLEASE", "draft from write FACTS PLEASE"]
+
+
+def test_a_step_whose_need_failed_is_not_run_and_names_it(tmp_path: Path) -> None:
+    workflow = write(
+        tmp_path,
+        "wf.toml",
+        GOOD_AGENTS
+        + step("bad", "a", "not json")
+        + "output_schema = { type = 'object' }\n"
+        + step("child", "a", "use {{ steps.bad.output }}")
+        + 'needs = ["bad"]\n'
+        + step("grandchild", "a", "use {{ steps.child.output }}")
+        + 'needs = ["child"]\n'
+        + step("fine", "a", "ok"),
+    )
+    result = run_cli("run", str(workflow))
+    assert result.returncode == 1
+    bad, child, grandchild, fine = outcomes_of(result.stdout)
+    assert not bad.success
+    assert child.output == "not run: needed step 'bad' failed"
+    assert grandchild.output == "not run: needed step 'child' failed"
+    assert fine.success
+    assert child.usage is None  # it never ran
+
+
+def test_templates_read_output_and_structured_fields_of_needed_steps(tmp_path: Path) -> None:
+    # The echo model repeats the prompt, so the first step's "answer" is this JSON.
+    workflow = write(
+        tmp_path,
+        "wf.toml",
+        GOOD_AGENTS
+        + "[[steps]]\n"
+        + 'task_id = "city"\nagent = "a"\ndescription = "d"\n'
+        + """prompt = '{"name": "Lisbon", "facts": {"river": "Tagus"}}'\n"""
+        + 'output_schema = { type = "object" }\n'
+        + step(
+            "use",
+            "a",
+            "{{ steps.city.structured.name }} on the {{ steps.city.structured.facts.river }}",
+        )
+        + 'needs = ["city"]\n',
+    )
+    result = run_cli("run", str(workflow))
+    assert result.returncode == 0, result.stderr
+    assert outcomes_of(result.stdout)[1].output == "Lisbon on the Tagus"
+
+
+# --- per-agent models ----------------------------------------------------------------------------
+
+
+def test_per_agent_model_settings_and_servers_reach_the_servers(
+    tmp_path: Path, chat_server: Any
+) -> None:
+    first = chat_server(lambda body: completion("from first"))
+    second = chat_server(lambda body: completion("from second"))
+    workflow = write(
+        tmp_path,
+        "wf.toml",
+        f"""
+        [agents.tuned]
+        model = "openai"
+        model_name = "tuned-model"
+        history_limit = 4
+        [agents.tuned.settings]
+        max_tokens = 7
+        temperature = 0.25
+        seed = 3
+        stop = ["END"]
+        extra_body = {{ top_k = 5 }}
+
+        [agents.elsewhere]
+        model = "openai"
+        base_url = "{second.base_url}"
+        model_name = "other-model"
+        api_key_env = "ACTOR_ORCH_SECOND_KEY"
+
+        [agents.plain]
+        """
+        + step("t0", "tuned", "q0")
+        + step("t1", "elsewhere", "q1")
+        + step("t2", "plain", "q2"),
+    )
+    result = run_cli(
+        "run", str(workflow), "--model", "openai", "--base-url", first.base_url,
+        "--model-name", "default-model", env={"ACTOR_ORCH_SECOND_KEY": "k2"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [o.output for o in outcomes_of(result.stdout)] == [
+        "from first",
+        "from second",
+        "from first",
+    ]
+    tuned = next(b for b in first.requests if last_user_text(b) == "q0")
+    assert tuned["model"] == "tuned-model"
+    assert (tuned["max_tokens"], tuned["temperature"], tuned["seed"]) == (7, 0.25, 3)
+    assert tuned["stop"] == ["END"]
+    assert tuned["top_k"] == 5
+    plain = next(b for b in first.requests if last_user_text(b) == "q2")
+    assert plain["model"] == "default-model"
+    assert not {"max_tokens", "temperature", "seed"} & set(plain)
+    [elsewhere] = second.requests
+    assert elsewhere["model"] == "other-model"
+    assert second.headers[0]["Authorization"] == "Bearer k2"
+    assert all("Authorization" not in h for h in first.headers)
+
+
+def test_agents_on_the_same_server_share_one_model_object(tmp_path: Path) -> None:
+    from actor_orch import cli, workflow
+
+    path = write(
+        tmp_path,
+        "wf.toml",
+        """
+        [agents.a]
+        model = "openai"
+        [agents.b]
+        model = "openai"
+        [agents.b.settings]
+        max_tokens = 5
+        [agents.c]
+        model = "openai"
+        model_name = "other"
+        [agents.d]
+        model = "openai"
+        base_url = "http://127.0.0.1:9/v1"
+        [agents.e]
+        """
+        + step("t", "a", "p"),
+    )
+    args = cli._build_parser().parse_args(["run", str(path), "--base-url", "http://127.0.0.1:9/v1"])
+    agents = cli._resolve_agents(args, workflow.load_workflow(path))
+    assert agents["a"].model is agents["b"].model is agents["d"].model  # same URL, name, key
+    assert agents["c"].model is not agents["a"].model
+    assert type(agents["e"].model).__name__ == "EchoModel"
+    assert agents["a"].fingerprint != agents["b"].fingerprint  # settings differ
+
+
+def test_a_missing_key_variable_of_an_agent_names_the_agent(tmp_path: Path) -> None:
+    workflow = write(
+        tmp_path,
+        "wf.toml",
+        '[agents.a]\nmodel = "openai"\napi_key_env = "ACTOR_ORCH_UNSET_KEY_2"\n'
+        + step("t", "a", "p"),
+    )
+    result = run_cli("run", str(workflow))
     assert result.returncode == 2
-    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {workflow}: $.agents.a.api_key_env: environment variable "
+        "ACTOR_ORCH_UNSET_KEY_2 is not set or empty"
+    ]
+
+
+# --- validate and --version ----------------------------------------------------------------------
+
+
+def test_validate_prints_a_summary_and_runs_nothing(tmp_path: Path) -> None:
+    results = run_all(
+        {
+            "research": [*PYTHON_M, "validate", "examples/research.toml"],
+            "version": [*PYTHON_M, "--version"],
+        }
+    )
+    research, version = results["research"], results["version"]
+    assert research.returncode == 0, research.stderr
+    assert research.stdout == (
+        "examples/research.toml: ok: 3 agents, 3 steps, 3 needs, longest chain 3\n"
+    )
+    assert research.stderr == ""
+    assert version.returncode == 0
+    assert re.fullmatch(r"actor-orch \d+\.\d+\.\d+\S*\n", version.stdout)
+
+
+# --- incremental output and signals --------------------------------------------------------------
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*PYTHON_M, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+
+
+def finish(process: subprocess.Popen[str], release: threading.Event) -> tuple[str, str]:
+    """Release the server, then collect the process's output (killing it if it hangs)."""
+    try:
+        return process.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        release.set()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def held_workflow(tmp_path: Path, quick: int, held: int) -> Path:
+    """`quick` echo steps, then `held` steps on the server (agent "remote")."""
+    steps = "".join(step(f"q{i}", "local", f"quick {i}") for i in range(quick))
+    steps += "".join(step(f"h{i}", "remote", f"held {i}") for i in range(held))
+    return write(tmp_path, "wf.toml", '[agents.local]\nmodel = "echo"\n[agents.remote]\n' + steps)
+
+
+def test_each_outcome_is_written_as_soon_as_the_steps_before_it_finished(
+    tmp_path: Path, chat_server: Any
+) -> None:
+    release = threading.Event()
+    server = chat_server(held_until(release, completion("late")))
+    workflow = held_workflow(tmp_path, quick=2, held=1)
+    process = start_cli("run", str(workflow), "--model", "openai", "--base-url", server.base_url)
+    try:
+        assert process.stdout is not None
+        server.wait_for_requests(1)
+        first = read_line(process.stdout, WAIT_S)
+        second = read_line(process.stdout, WAIT_S)
+        assert not release.is_set()  # read while the last step is still held by the server
+        release.set()
+        stdout, stderr = finish(process, release)
+    finally:
+        release.set()
+    assert process.returncode == 0, stderr
+    outcomes = outcomes_of(first + second + stdout)
+    assert [(o.task_id, o.output) for o in outcomes] == [
+        ("q0", "quick 0"),
+        ("q1", "quick 1"),
+        ("h0", "late"),
+    ]
+
+
+def wait_for_stderr(process: subprocess.Popen[str], prefix: str) -> None:
+    assert process.stderr is not None
+    line = read_line(process.stderr, WAIT_S)
+    assert line.startswith(prefix), line
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint-twice", "sigint-racing", "sigint-then-term"])
+def test_a_signal_after_some_steps_finished_still_writes_exactly_one_line_per_step(
+    how: str, tmp_path: Path, chat_server: Any
+) -> None:
+    # 12 steps finish at once; 8 are held inside model calls until the test releases them.
+    release = threading.Event()
+    server = chat_server(held_until(release, tool_call_completion()))
+    workflow = held_workflow(tmp_path, quick=12, held=8)
+    process = start_cli(
+        "run", str(workflow), "--model", "openai", "--base-url", server.base_url,
+        "--max-parallel", "20",
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        server.wait_for_requests(8)
+        early = [read_line(process.stdout, WAIT_S) for _ in range(12)]
+        if how == "sigterm":
+            process.send_signal(signal.SIGTERM)
+        elif how == "sigint-twice":
+            process.send_signal(signal.SIGINT)
+            wait_for_stderr(process, "interrupted: cancelling")
+            process.send_signal(signal.SIGINT)
+        elif how == "sigint-racing":
+            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGINT)  # may land while the first is handled
+            wait_for_stderr(process, "interrupted: cancelling")
+            release.set()  # if the two were merged into one, the held steps may now end
+        else:
+            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
+        stdout, stderr = finish(process, release)
+    finally:
+        release.set()
+    expected = 143 if how in ("sigterm", "sigint-then-term") else 130
+    assert process.returncode == expected, stderr
+    assert "Traceback" not in stderr
+    outcomes = outcomes_of("".join(early) + stdout)
+    assert [o.task_id for o in outcomes] == [f"q{i}" for i in range(12)] + [
+        f"h{i}" for i in range(8)
+    ]
+    assert all(o.success for o in outcomes[:12])
+    assert not any(o.success for o in outcomes[12:])
+    assert all(
+        o.output in ("interrupted before the step ended", "cancelled")
+        or o.output.startswith("cancelled")
+        for o in outcomes[12:]
+    ), [o.output for o in outcomes[12:]]
+
+
+def test_sigterm_waits_for_nothing_and_marks_running_steps_interrupted(
+    tmp_path: Path, chat_server: Any
+) -> None:
+    release = threading.Event()
+    server = chat_server(held_until(release, completion("never seen")))
+    workflow = held_workflow(tmp_path, quick=1, held=3)
+    process = start_cli(
+        "run", str(workflow), "--model", "openai", "--base-url", server.base_url,
+        "--max-parallel", "2",
+    )  # fmt: skip
+    try:
+        server.wait_for_requests(2)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = finish(process, release)
+    finally:
+        release.set()
+    assert process.returncode == 143, stderr
+    assert [o.output for o in outcomes_of(stdout)] == [
+        "quick 0",
+        "interrupted before the step ended",
+        "interrupted before the step ended",
+        "cancelled",
+    ]
+    assert "terminated: 4 steps, 1 succeeded, 3 failed" in stderr
+
+
+# --- output that cannot be written ---------------------------------------------------------------
+
+
+def test_a_full_disk_is_one_error_line_and_exit_1() -> None:
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [*PYTHON_M, "run", "examples/fanout.toml"], stdout=full, stderr=subprocess.PIPE,
+            text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    [line] = result.stderr.splitlines()
-    assert line.startswith(f"error: {path}: ")
-    assert BAD_FILES[case].expected in line
+    assert "Exception ignored" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: cannot write the outcomes to stdout: No space left on device"]
+
+
+def test_a_closed_stdout_pipe_is_one_error_line_and_exit_1() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read: the first write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [*PYTHON_M, "run", "examples/fanout.toml"], stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Exception ignored" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: cannot write the outcomes to stdout: Broken pipe"]
+
+
+def test_a_reader_that_goes_away_early_gets_no_traceback(tmp_path: Path) -> None:
+    steps = "".join(step(f"t{i}", "a", f"p{i}") for i in range(500))
+    workflow = write(tmp_path, "wf.toml", GOOD_AGENTS + steps)
+    process = start_cli("run", str(workflow))
+    assert process.stdout is not None
+    read_line(process.stdout, WAIT_S)
+    process.stdout.close()  # like `| head -1`
+    _, stderr = finish(process, threading.Event())
+    assert process.returncode in (0, 1)
+    assert "Traceback" not in stderr
+    assert "Exception ignored" not in stderr
+
+
+# --- --resume ------------------------------------------------------------------------------------
+
+
+def counting_server(chat_server: Any) -> ChatServer:
+    server: ChatServer = chat_server(lambda body: completion(f"<{last_user_text(body)}>"))
+    return server
+
+
+def research_like(tmp_path: Path, critic_prompt: str = "check {{ steps.draft.output }}") -> Path:
+    return write(
+        tmp_path,
+        "wf.toml",
+        "[agents.a]\n"
+        + step("facts", "a", "facts")
+        + step("draft", "a", "draft {{ steps.facts.output }}")
+        + 'needs = ["facts"]\n'
+        + step("check", "a", critic_prompt)
+        + 'needs = ["draft"]\n'
+        + step("aside", "a", "aside"),
+    )
+
+
+def test_resume_runs_nothing_the_second_time(tmp_path: Path, chat_server: Any) -> None:
+    server = counting_server(chat_server)
+    workflow = research_like(tmp_path)
+    args = ("run", str(workflow), "--model", "openai", "--base-url", server.base_url, "--resume")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert len(server.requests) == 4
+    assert (tmp_path / ".actor_orch" / "checkpoints.sqlite").is_file()
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr
+    assert len(server.requests) == 4  # nothing ran again
+    assert _without_durations(second.stdout) == _without_durations(first.stdout)
+    assert "4 restored from the checkpoint" in second.stderr
+
+
+def test_resume_reruns_a_changed_step_and_what_reads_it(tmp_path: Path, chat_server: Any) -> None:
+    server = counting_server(chat_server)
+    db = tmp_path / "elsewhere" / "runs.sqlite"
+    workflow = research_like(tmp_path)
+    args = ("--model", "openai", "--base-url", server.base_url, "--checkpoint-db", str(db))
+    assert run_cli("run", str(workflow), *args).returncode == 0
+    assert db.is_file()
+    research_like(tmp_path, critic_prompt="verify {{ steps.draft.output }}")
+    result = run_cli("run", str(workflow), *args)
+    assert result.returncode == 0, result.stderr
+    assert [last_user_text(b) for b in server.requests[4:]] == ["verify <draft <facts>>"]
+    assert "3 restored from the checkpoint" in result.stderr
+    # The checkpoint lives in --checkpoint-db, not beside the workflow.
+    assert not (tmp_path / ".actor_orch").exists()
+
+
+def test_resume_after_sigterm_runs_only_the_unfinished_steps(
+    tmp_path: Path, chat_server: Any
+) -> None:
+    release = threading.Event()
+    server = chat_server(held_until(release, completion("done now")))
+    workflow = held_workflow(tmp_path, quick=3, held=2)
+    args = ("run", str(workflow), "--model", "openai", "--base-url", server.base_url, "--resume")
+    process = start_cli(*args)
+    try:
+        server.wait_for_requests(2)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = finish(process, release)
+    finally:
+        release.set()
+    assert process.returncode == 143
+    assert [o.success for o in outcomes_of(stdout)] == [True, True, True, False, False]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert len(server.requests) == 4  # the two held steps ran again; the echo steps did not
+    assert "3 restored from the checkpoint" in result.stderr
+
+
+def test_resume_with_a_corrupt_checkpoint_file_warns_and_runs_everything(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "broken.sqlite"
+    db.write_bytes(b"not a database at all\n" * 100)
+    result = run_cli("run", "examples/fanout.toml", "--checkpoint-db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert str(db) in warning and "running without them" in warning
+    assert len(outcomes_of(result.stdout)) == 6

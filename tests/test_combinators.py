@@ -255,16 +255,6 @@ def test_sqlite_store_on_a_bad_file_never_raises_and_acts_empty(tmp_path: Path) 
     assert outcomes[0].success
 
 
-def test_an_unreadable_checkpoint_loads_as_none(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "runs.db"
-    store = SqliteCheckpointStore(path)
-    with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO checkpoints VALUES ('wf', ?, 0)", (b"{not json",))
-    assert store.load("wf") is None
-
-
 def test_checkpoint_json_is_plain_and_versionable() -> None:
     outcome = StepOutcome("t", "task-run-t", "a", "o", True)
     data = msgspec.json.encode(WorkflowCheckpoint({"t": CheckpointedStep("d", outcome)}, 1.0))

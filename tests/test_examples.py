@@ -72,6 +72,19 @@ def test_structured_example_validates_every_output_against_its_schema(entry: lis
     assert [o.structured for o in outcomes] == [json.loads(s.prompt) for s in workflow.steps]
 
 
+@ENTRY_POINTS
+def test_research_example_fills_each_prompt_with_the_outputs_it_needs(entry: list[str]) -> None:
+    result = run([*entry, "run", "examples/research.toml", "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    facts, draft, review = outcomes_of(result.stdout)
+    assert all(o.success for o in (facts, draft, review))
+    # The echo model repeats each prompt, so each output shows what its templates became.
+    assert facts.output == "Give three facts about the actor model of concurrency."
+    assert draft.output == f"Write a paragraph using only these facts: {facts.output}"
+    assert review.output.startswith(f"Facts: {facts.output}\nParagraph: {draft.output}\n")
+    assert "{{" not in review.output
+
+
 # --- Python examples -----------------------------------------------------------------------------
 
 
@@ -330,10 +343,23 @@ def test_readme_python_snippet_runs(index: int) -> None:
 
 
 def test_readme_workflow_format_snippet_is_a_valid_workflow(tmp_path: Path) -> None:
-    [snippet] = readme_blocks("toml")
+    snippet = readme_blocks("toml")[0]
     path = tmp_path / "readme.toml"
     path.write_text(snippet)
     workflow = load_workflow(path)
     assert workflow.max_parallel == 4
     assert workflow.agents["researcher"].max_turns == 4
+    assert workflow.agents["researcher"].history_limit == 20
+    settings = workflow.agents["researcher"].settings
+    assert settings is not None and settings.max_tokens == 300
     assert [step.agent for step in workflow.steps] == ["researcher"]
+
+
+def test_readme_graph_snippet_is_the_research_example(tmp_path: Path) -> None:
+    [_, snippet] = readme_blocks("toml")
+    path = tmp_path / "graph.toml"
+    path.write_text(snippet)
+    shown, example = load_workflow(path), load_workflow(EXAMPLES / "research.toml")
+    assert list(shown.agents) == list(example.agents)
+    assert [s.task_id for s in shown.steps] == [s.task_id for s in example.steps]
+    assert shown.needs == example.needs == {"draft": ("facts",), "review": ("facts", "draft")}
