@@ -170,3 +170,46 @@ def test_the_whole_call_timeout_cuts_a_long_generation() -> None:
     slow = OpenAICompatibleModel(URL, MODEL, timeout=0.3, settings=ModelSettings(max_tokens=400))
     with pytest.raises(NetworkError, match=r"timeout of 0\.3s"):
         slow.complete(ModelRequest([user_message("Write a very long essay about rivers.")]))
+
+
+# -- the runtime on top of the real server ------------------------------------------------------
+
+
+def test_a_step_cut_at_max_tokens_succeeds_with_stop_reason_length(
+    model: OpenAICompatibleModel,
+) -> None:
+    from actor_orch import AgentOrchestrator, AgentStepSpec, LocalExecutor, execute_steps_parallel
+
+    orch = AgentOrchestrator()
+    orch.add_agent("writer", lambda: AgentOptions(model, settings=ModelSettings(max_tokens=4)))
+    specs = [
+        AgentStepSpec(f"t{i}", "writer", "", "Write a long story about a fox.") for i in range(2)
+    ]
+    with LocalExecutor(orch, max_parallel_tasks=2) as executor:
+        outcomes = execute_steps_parallel(executor, specs, timeout=120)
+    for outcome in outcomes:
+        assert outcome.success, outcome.output
+        assert outcome.stop_reason == "length"
+        assert outcome.output
+        assert outcome.usage is not None and outcome.usage.output_tokens == 4
+
+
+def test_a_handle_streams_and_types_a_real_reply(model: OpenAICompatibleModel) -> None:
+    from actor_orch import AgentOrchestrator
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    }
+    with AgentOrchestrator() as orch:
+        orch.add_agent("a", lambda: AgentOptions(model, settings=ModelSettings(max_tokens=24)))
+        handle = orch.spawn("a")
+        stream = handle.stream_message("Name a city.", timeout=120, session="s")
+        pieces = list(stream)
+        assert "".join(pieces) == stream.result().text
+        typed = handle.send_message(
+            "Name a city as JSON.", timeout=120, session="s", output_type=schema
+        )
+        jsonschema.validate(typed.output, schema)
+        assert len(handle.history("s")) == 4
