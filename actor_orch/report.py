@@ -72,6 +72,7 @@ _TL_AXIS = 28
 _TL_ROW = 34
 _TL_BAR = 24
 _TL_MIN_BAR = 3  # a step of a few microseconds still shows
+_TL_CHAR_W = 6.8  # about the width of a character of a 12 px label
 # Graph geometry (px).
 _NODE_W = 168
 _NODE_H = 44
@@ -242,7 +243,16 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
+def _fit(text: str, chars: float) -> str:
+    """`text` cut to fit `chars` characters, or "" when fewer than four would show."""
+    if len(text) <= chars:
+        return text
+    return _cut(text, int(chars)) if chars >= 4 else ""
+
+
 def _duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "0 s"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} \u00b5s"
     if seconds < 1:
@@ -444,8 +454,8 @@ def _timeline_svg(
             f'<rect x="{left:.1f}" y="{bar_top:.1f}" width="{width:.1f}" height="{_TL_BAR}" rx="4" '
             f'fill="{fill}" stroke="{line}" stroke-width="1.2"{dash}/>'
         )
-        label = row.spec.task_id
-        if width >= 7.2 * len(label) + 12:
+        label = _fit(row.spec.task_id, (width - 12) / _TL_CHAR_W)
+        if label:
             out.append(
                 f'<text class="bar" x="{left + 6:.1f}" y="{bar_top + _TL_BAR / 2 + 4:.1f}">'
                 f"{_text(label)}</text>"
@@ -693,7 +703,7 @@ tr.total td { font-weight: 600; border-top: 1px solid #cbd2d9; }
 .tokbar .out { background: #8fc1b5; }
 .badge { border: 1px solid; border-radius: 10px; padding: 0 8px; font-size: 12px;
   white-space: nowrap; }
-.id { font-weight: 600; word-break: break-all; }
+.id { font-weight: 600; overflow-wrap: anywhere; min-width: 9em; }
 .output { white-space: pre-wrap; word-break: break-word; font-size: 12.5px; color: #3e4c59; }
 details summary { cursor: pointer; color: #3e4c59; margin: 0 0 8px; }
 """
