@@ -41,6 +41,7 @@ import msgspec
 from loguru import logger
 from tqdm import tqdm
 
+from actor_orch._run_files import RunFiles, RunFilesError, holding_signals
 from actor_orch.agent import AgentOptions
 from actor_orch.checkpoint import CheckpointStore, SqliteCheckpointStore, spec_digest
 from actor_orch.events import StepStarted
@@ -202,6 +203,19 @@ def _add_run_command(commands: Commands) -> None:
     )
     run.add_argument("--out", metavar="PATH", help="write the outcomes here instead of stdout")
     run.add_argument(
+        "--events",
+        metavar="PATH",
+        help="write every event of the run to PATH as JSON lines, as they happen",
+    )
+    run.add_argument(
+        "--report",
+        metavar="PATH",
+        help=(
+            "write an HTML report to PATH at the end (timeline, dependency graph, tokens per "
+            "agent; one file, viewable offline)"
+        ),
+    )
+    run.add_argument(
         "--no-progress", action="store_true", help="no progress bar (shown only on a terminal)"
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
@@ -286,9 +300,14 @@ def _run_command(args: argparse.Namespace) -> int:
     max_parallel = args.max_parallel or workflow.max_parallel or DEFAULT_MAX_PARALLEL_TASKS
     store = _checkpoint_store(args) if args.resume or args.checkpoint_db else None
     workflow_id = str(Path(args.workflow).resolve())
-    # Opened before the run so an unwritable --out costs nothing.
-    with _open_output(args.out) as out:
+    # Opened before the run so an unwritable --out, --events or --report costs nothing.
+    with (
+        _open_run_files(args) as files,
+        _open_output(args.out) as out,
+        contextlib.ExitStack() as held,
+    ):
         orchestrator = AgentOrchestrator(supervisor=DefaultSupervisor())
+        files.attach(orchestrator)
         try:
             for name, agent in agents.items():
                 orchestrator.add_agent(name, agent.options_factory(name))
@@ -304,19 +323,44 @@ def _run_command(args: argparse.Namespace) -> int:
                 workflow_id=workflow_id,
                 step_key=_step_key({name: agent.fingerprint for name, agent in agents.items()}),
             )
+            # From here on a signal that the run does not handle (the run installs handlers
+            # of its own and restores these) waits until the report and the event log are
+            # complete, then takes effect.
+            held.enter_context(holding_signals())
             outcomes = run.execute()
+            files.run_ended()
         finally:
             orchestrator.shutdown(timeout=_SHUTDOWN_TIMEOUT_S)
             if isinstance(store, SqliteCheckpointStore):
                 store.close()  # commits the steps still waiting for the writer thread
-    print(run.summary(outcomes), file=sys.stderr)
+        summary = run.summary(outcomes)
+        print(summary, file=sys.stderr)
+        files.write_report(
+            workflow, outcomes, title=args.workflow, summary=summary, max_parallel=max_parallel
+        )
+        files.close()
+        for problem in files.problems:
+            print(f"error: {problem}", file=sys.stderr)
     if run.output_error is not None:
         raise OutputError(run.output_error)
     if run.stopped_by == signal.SIGTERM:
         return EXIT_TERMINATED
     if run.stopped_by == signal.SIGINT:
         return EXIT_INTERRUPTED
-    return EXIT_STEP_FAILED if any(not o.success for o in outcomes) else EXIT_OK
+    failed = bool(files.problems) or any(not o.success for o in outcomes)
+    return EXIT_STEP_FAILED if failed else EXIT_OK
+
+
+def _open_run_files(args: argparse.Namespace) -> RunFiles:
+    """The `--events` and `--report` files, open for writing (a bad path is a usage error)."""
+    try:
+        return RunFiles.open(
+            events=args.events,
+            report=args.report,
+            others={"--out": args.out, "the workflow file": args.workflow},
+        )
+    except RunFilesError as err:
+        raise UsageError(str(err)) from None
 
 
 def _enable_logging() -> None:
@@ -704,9 +748,12 @@ class _Run:
         head = "done"
         if self.stopped_by is not None:
             head = "terminated" if self.stopped_by == signal.SIGTERM else "interrupted"
+        # Tokens of the steps run this time (not those restored from the checkpoint).
+        ran = [o.usage for o in outcomes if o.usage is not None and o.task_id in self.started]
         text = (
             f"{head}: {len(outcomes)} steps, {len(outcomes) - len(failed)} succeeded, "
-            f"{len(failed)} failed in {self.elapsed:.2f}s"
+            f"{len(failed)} failed in {self.elapsed:.2f}s, tokens "
+            f"{sum(u.input_tokens for u in ran)} in / {sum(u.output_tokens for u in ran)} out"
         )
         if self.store is not None:
             restored = sum(1 for o in outcomes if o.success and o.task_id not in self.started)
