@@ -52,10 +52,17 @@ from actor_orch.executor import (
     StepOutcome,
 )
 from actor_orch.graph import execute_graph
-from actor_orch.models import EchoModel, Model, OpenAICompatibleModel
+from actor_orch.models import DemoModel, EchoModel, Model, OpenAICompatibleModel
 from actor_orch.orchestrator import AgentOrchestrator
 from actor_orch.supervisor import DefaultSupervisor
-from actor_orch.workflow import AgentSpec, Workflow, WorkflowError, _agent_path, load_workflow
+from actor_orch.workflow import (
+    AgentSpec,
+    Workflow,
+    WorkflowError,
+    _agent_path,
+    load_workflow,
+    registration_order,
+)
 
 __all__ = ["main"]
 
@@ -162,29 +169,7 @@ def _add_run_command(commands: Commands) -> None:
             "workflow; implies --resume)"
         ),
     )
-    run.add_argument(
-        "--model",
-        choices=["echo", "openai"],
-        default="echo",
-        help="model of agents whose table sets none (default: echo, offline)",
-    )
-    run.add_argument(
-        "--base-url",
-        default=DEFAULT_BASE_URL,
-        metavar="URL",
-        help=f"OpenAI-compatible API root for --model openai (default: {DEFAULT_BASE_URL})",
-    )
-    run.add_argument(
-        "--model-name",
-        default=DEFAULT_MODEL_NAME,
-        metavar="NAME",
-        help=f"model name sent to the server (default: {DEFAULT_MODEL_NAME})",
-    )
-    run.add_argument(
-        "--api-key-env",
-        metavar="VAR",
-        help="environment variable holding the API key (default: send no key)",
-    )
+    _add_model_arguments(run)
     run.add_argument(
         "--max-parallel",
         type=_positive_int,
@@ -205,6 +190,33 @@ def _add_run_command(commands: Commands) -> None:
         "--no-progress", action="store_true", help="no progress bar (shown only on a terminal)"
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
+
+
+def _add_model_arguments(command: argparse.ArgumentParser) -> None:
+    """The options that choose the model of agents whose table sets none (`run`, `chat`)."""
+    command.add_argument(
+        "--model",
+        choices=["echo", "openai", "demo"],
+        default="echo",
+        help="model of agents whose table sets none (default: echo, offline)",
+    )
+    command.add_argument(
+        "--base-url",
+        default=DEFAULT_BASE_URL,
+        metavar="URL",
+        help=f"OpenAI-compatible API root for --model openai (default: {DEFAULT_BASE_URL})",
+    )
+    command.add_argument(
+        "--model-name",
+        default=DEFAULT_MODEL_NAME,
+        metavar="NAME",
+        help=f"model name sent to the server (default: {DEFAULT_MODEL_NAME})",
+    )
+    command.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the API key (default: send no key)",
+    )
 
 
 def _add_validate_command(commands: Commands) -> None:
@@ -290,8 +302,7 @@ def _run_command(args: argparse.Namespace) -> int:
     with _open_output(args.out) as out:
         orchestrator = AgentOrchestrator(supervisor=DefaultSupervisor())
         try:
-            for name, agent in agents.items():
-                orchestrator.add_agent(name, agent.options_factory(name))
+            _register_agents(orchestrator, workflow, agents)
             executor = LocalExecutor(orchestrator, max_parallel_tasks=max_parallel)
             orchestrator.with_executor(executor)
             run = _Run(
@@ -350,22 +361,39 @@ class _Agent:
                 name=name,
                 settings=spec.settings,
                 history_limit=spec.history_limit,
+                delegates=spec.delegates,
             )
 
         return build
+
+
+def _register_agents(
+    orchestrator: AgentOrchestrator, workflow: Workflow, agents: dict[str, _Agent]
+) -> None:
+    """Register every agent of the workflow, parents first; an agent with a `parent` is
+    registered as its child."""
+    for name in registration_order(workflow.agents):
+        factory = agents[name].options_factory(name)
+        parent = workflow.agents[name].parent
+        if parent is None:
+            orchestrator.add_agent(name, factory)
+        else:
+            orchestrator.add_child(name, parent, factory)
 
 
 def _resolve_agents(args: argparse.Namespace, workflow: Workflow) -> dict[str, _Agent]:
     """Every agent with its model. Agents on one server (URL, model name, key) share one
     `OpenAICompatibleModel`; servers are built only when used, so an echo-only run never
     needs a URL or an API key."""
-    echo = EchoModel()  # stateless, so one instance is as good as one per agent
+    # The offline models are stateless, so one instance is as good as one per agent.
+    offline: dict[str, Model] = {"echo": EchoModel(), "demo": DemoModel()}
     servers: dict[tuple[str, str, str | None], OpenAICompatibleModel] = {}
     agents = {}
     for name, spec in workflow.agents.items():
-        if (spec.model or args.model) == "echo":
-            model: Model = echo
-            server: tuple[str, ...] = ("echo",)
+        kind = spec.model or args.model
+        if kind in offline:
+            model: Model = offline[kind]
+            server: tuple[str, ...] = (kind,)
         else:
             base_url = spec.base_url or args.base_url
             model_name = spec.model_name or args.model_name
