@@ -1,10 +1,13 @@
-"""The `actor-orch` command: run or check a workflow file.
+"""The `actor-orch` command: run or check a workflow file, or chat with one of its agents.
 
 `actor-orch run WORKFLOW` loads the workflow (see `actor_orch.workflow`), registers its agents
 on an `AgentOrchestrator` supervised by a `DefaultSupervisor`, runs the steps as a graph
 (`actor_orch.execute_graph`) on a `LocalExecutor`, and writes one JSON line per
 `StepOutcome`, in step order, to `--out` or stdout, each as soon as it and every step before
 it have finished. `actor-orch validate WORKFLOW` checks a file without running anything.
+
+`actor-orch chat WORKFLOW AGENT` registers the agents the same way and talks with one of them
+(see `actor_orch.chat`); its exit code is 0, or 2 for bad usage or a bad workflow file.
 
 Exit codes: 0 every step succeeded, 1 some step failed (or the outcomes could not be
 written), 2 bad usage or a bad workflow file (rejected before anything runs, with one
@@ -42,6 +45,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from actor_orch.agent import AgentOptions
+from actor_orch.chat import DEFAULT_SESSION, Chat
 from actor_orch.checkpoint import CheckpointStore, SqliteCheckpointStore, spec_digest
 from actor_orch.events import StepStarted
 from actor_orch.executor import (
@@ -54,6 +58,7 @@ from actor_orch.executor import (
 from actor_orch.graph import execute_graph
 from actor_orch.models import DemoModel, EchoModel, Model, OpenAICompatibleModel
 from actor_orch.orchestrator import AgentOrchestrator
+from actor_orch.sessions import SqliteSessionStore
 from actor_orch.supervisor import DefaultSupervisor
 from actor_orch.workflow import (
     AgentSpec,
@@ -127,12 +132,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="actor-orch",
-        description="Run LLM agents as supervised actors: execute or check a workflow file.",
+        description=(
+            "Run LLM agents as supervised actors: execute or check a workflow file, or chat "
+            "with one of its agents."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"actor-orch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     # One function per subcommand: it adds its parser and sets `handler`.
-    for add_command in (_add_run_command, _add_validate_command):
+    for add_command in (_add_run_command, _add_validate_command, _add_chat_command):
         add_command(commands)
     return parser
 
@@ -230,6 +238,48 @@ def _add_validate_command(commands: Commands) -> None:
     )
     validate.set_defaults(handler=_validate_command)
     validate.add_argument("workflow", metavar="WORKFLOW", help="workflow file (.toml or .json)")
+
+
+def _add_chat_command(commands: Commands) -> None:
+    chat = commands.add_parser(
+        "chat",
+        help="chat with one agent of a workflow file, replies streamed as they are produced",
+        description=(
+            "Chat with AGENT of WORKFLOW (.toml or .json; its steps are not run). Each line "
+            "is one message; the reply is printed as the model produces it. Commands: "
+            "/history, /reset, /help, /exit. Ctrl-C aborts a streaming reply, Ctrl-D leaves. "
+            "Exit code: 0, or 2 for bad usage or a bad workflow file."
+        ),
+    )
+    chat.set_defaults(handler=_chat_command)
+    chat.add_argument("workflow", metavar="WORKFLOW", help="workflow file (.toml or .json)")
+    chat.add_argument("agent", metavar="AGENT", help="the agent to chat with (an [agents] name)")
+    chat.add_argument(
+        "--session",
+        default=DEFAULT_SESSION,
+        type=_session_id,
+        metavar="ID",
+        help=f"conversation to talk in (default: {DEFAULT_SESSION!r})",
+    )
+    chat.add_argument(
+        "--sessions-db",
+        metavar="PATH",
+        help="keep conversations in this SQLite file, to continue them later (default: memory)",
+    )
+    _add_model_arguments(chat)
+    chat.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="time limit of each reply (default: none)",
+    )
+    chat.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
+
+
+def _session_id(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -337,6 +387,39 @@ def _enable_logging() -> None:
     # plain write to stderr.
     logger.add(lambda message: tqdm.write(str(message), file=sys.stderr, end=""), level="DEBUG")
     logger.enable("actor_orch")
+
+
+# --- chat -------------------------------------------------------------------------------------
+
+
+def _chat_command(args: argparse.Namespace) -> int:
+    if args.verbose:
+        _enable_logging()
+    workflow = load_workflow(args.workflow)
+    if args.agent not in workflow.agents:
+        raise UsageError(
+            f"agent {args.agent!r} is not defined in {args.workflow} "
+            f"(its agents: {', '.join(workflow.agents)})"
+        )
+    agents = _resolve_agents(args, workflow)
+    sessions = None
+    if args.sessions_db is not None:
+        sessions = SqliteSessionStore(args.sessions_db)
+        if sessions.problem is not None:
+            raise UsageError(f"--sessions-db {args.sessions_db}: {sessions.problem}")
+    orchestrator = AgentOrchestrator(supervisor=DefaultSupervisor(), sessions=sessions)
+    try:
+        _register_agents(orchestrator, workflow, agents)
+        max_parallel = workflow.max_parallel or DEFAULT_MAX_PARALLEL_TASKS
+        orchestrator.with_executor(LocalExecutor(orchestrator, max_parallel_tasks=max_parallel))
+        chat = Chat(
+            lambda: orchestrator.spawn(args.agent), session=args.session, timeout=args.timeout
+        )
+        return chat.run()
+    finally:
+        orchestrator.shutdown(timeout=_SHUTDOWN_TIMEOUT_S)
+        if sessions is not None:
+            sessions.close()
 
 
 # --- agents and their models ---------------------------------------------------------------
