@@ -308,6 +308,7 @@ class Tmux:
             "new-session", "-d", "-s", "chat", "-x", "160", "-y", "50", "-c", str(ROOT),
             "sh", "-c", shell, ";", "set-option", "-t", "chat", "remain-on-exit", "on",
         )  # fmt: skip
+        self.socket_path = self.tmux("display", "-p", "#{socket_path}").strip()
 
     def tmux(self, *args: str) -> str:
         result = subprocess.run(
@@ -353,6 +354,8 @@ class Tmux:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
+        if self.socket_path:  # tmux leaves the socket file behind
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
