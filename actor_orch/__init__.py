@@ -52,6 +52,7 @@ from actor_orch.executor import (
 )
 from actor_orch.graph import GraphError, check_graph, execute_graph
 from actor_orch.models import (
+    DemoModel,
     EchoModel,
     FinalMessage,
     FunctionModel,
@@ -116,6 +117,7 @@ __all__ = [
     "ContextWindowOverflow",
     "Cost",
     "DefaultSupervisor",
+    "DemoModel",
     "EchoModel",
     "Event",
     "FinalMessage",

@@ -1,10 +1,13 @@
-"""The `actor-orch` command: run or check a workflow file.
+"""The `actor-orch` command: run or check a workflow file, or chat with one of its agents.
 
 `actor-orch run WORKFLOW` loads the workflow (see `actor_orch.workflow`), registers its agents
 on an `AgentOrchestrator` supervised by a `DefaultSupervisor`, runs the steps as a graph
 (`actor_orch.execute_graph`) on a `LocalExecutor`, and writes one JSON line per
 `StepOutcome`, in step order, to `--out` or stdout, each as soon as it and every step before
 it have finished. `actor-orch validate WORKFLOW` checks a file without running anything.
+
+`actor-orch chat WORKFLOW AGENT` registers the agents the same way and talks with one of them
+(see `actor_orch.chat`); its exit code is 0, or 2 for bad usage or a bad workflow file.
 
 Exit codes: 0 every step succeeded, 1 some step failed (or the outcomes could not be
 written), 2 bad usage or a bad workflow file (rejected before anything runs, with one
@@ -43,6 +46,7 @@ from tqdm import tqdm
 
 from actor_orch._run_files import RunFiles, RunFilesError, holding_signals
 from actor_orch.agent import AgentOptions
+from actor_orch.chat import DEFAULT_SESSION, Chat
 from actor_orch.checkpoint import CheckpointStore, SqliteCheckpointStore, spec_digest
 from actor_orch.events import StepStarted
 from actor_orch.executor import (
@@ -53,10 +57,18 @@ from actor_orch.executor import (
     StepOutcome,
 )
 from actor_orch.graph import execute_graph
-from actor_orch.models import EchoModel, Model, OpenAICompatibleModel
+from actor_orch.models import DemoModel, EchoModel, Model, OpenAICompatibleModel
 from actor_orch.orchestrator import AgentOrchestrator
+from actor_orch.sessions import SqliteSessionStore
 from actor_orch.supervisor import DefaultSupervisor
-from actor_orch.workflow import AgentSpec, Workflow, WorkflowError, _agent_path, load_workflow
+from actor_orch.workflow import (
+    AgentSpec,
+    Workflow,
+    WorkflowError,
+    _agent_path,
+    load_workflow,
+    registration_order,
+)
 
 __all__ = ["main"]
 
@@ -121,12 +133,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="actor-orch",
-        description="Run LLM agents as supervised actors: execute or check a workflow file.",
+        description=(
+            "Run LLM agents as supervised actors: execute or check a workflow file, or chat "
+            "with one of its agents."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"actor-orch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     # One function per subcommand: it adds its parser and sets `handler`.
-    for add_command in (_add_run_command, _add_validate_command):
+    for add_command in (_add_run_command, _add_validate_command, _add_chat_command):
         add_command(commands)
     return parser
 
@@ -163,29 +178,7 @@ def _add_run_command(commands: Commands) -> None:
             "workflow; implies --resume)"
         ),
     )
-    run.add_argument(
-        "--model",
-        choices=["echo", "openai"],
-        default="echo",
-        help="model of agents whose table sets none (default: echo, offline)",
-    )
-    run.add_argument(
-        "--base-url",
-        default=DEFAULT_BASE_URL,
-        metavar="URL",
-        help=f"OpenAI-compatible API root for --model openai (default: {DEFAULT_BASE_URL})",
-    )
-    run.add_argument(
-        "--model-name",
-        default=DEFAULT_MODEL_NAME,
-        metavar="NAME",
-        help=f"model name sent to the server (default: {DEFAULT_MODEL_NAME})",
-    )
-    run.add_argument(
-        "--api-key-env",
-        metavar="VAR",
-        help="environment variable holding the API key (default: send no key)",
-    )
+    _add_model_arguments(run)
     run.add_argument(
         "--max-parallel",
         type=_positive_int,
@@ -221,6 +214,33 @@ def _add_run_command(commands: Commands) -> None:
     run.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
 
 
+def _add_model_arguments(command: argparse.ArgumentParser) -> None:
+    """The options that choose the model of agents whose table sets none (`run`, `chat`)."""
+    command.add_argument(
+        "--model",
+        choices=["echo", "openai", "demo"],
+        default="echo",
+        help="model of agents whose table sets none (default: echo, offline)",
+    )
+    command.add_argument(
+        "--base-url",
+        default=DEFAULT_BASE_URL,
+        metavar="URL",
+        help=f"OpenAI-compatible API root for --model openai (default: {DEFAULT_BASE_URL})",
+    )
+    command.add_argument(
+        "--model-name",
+        default=DEFAULT_MODEL_NAME,
+        metavar="NAME",
+        help=f"model name sent to the server (default: {DEFAULT_MODEL_NAME})",
+    )
+    command.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the API key (default: send no key)",
+    )
+
+
 def _add_validate_command(commands: Commands) -> None:
     validate = commands.add_parser(
         "validate",
@@ -232,6 +252,48 @@ def _add_validate_command(commands: Commands) -> None:
     )
     validate.set_defaults(handler=_validate_command)
     validate.add_argument("workflow", metavar="WORKFLOW", help="workflow file (.toml or .json)")
+
+
+def _add_chat_command(commands: Commands) -> None:
+    chat = commands.add_parser(
+        "chat",
+        help="chat with one agent of a workflow file, replies streamed as they are produced",
+        description=(
+            "Chat with AGENT of WORKFLOW (.toml or .json; its steps are not run). Each line "
+            "is one message; the reply is printed as the model produces it. Commands: "
+            "/history, /reset, /help, /exit. Ctrl-C aborts a streaming reply, Ctrl-D leaves. "
+            "Exit code: 0, or 2 for bad usage or a bad workflow file."
+        ),
+    )
+    chat.set_defaults(handler=_chat_command)
+    chat.add_argument("workflow", metavar="WORKFLOW", help="workflow file (.toml or .json)")
+    chat.add_argument("agent", metavar="AGENT", help="the agent to chat with (an [agents] name)")
+    chat.add_argument(
+        "--session",
+        default=DEFAULT_SESSION,
+        type=_session_id,
+        metavar="ID",
+        help=f"conversation to talk in (default: {DEFAULT_SESSION!r})",
+    )
+    chat.add_argument(
+        "--sessions-db",
+        metavar="PATH",
+        help="keep conversations in this SQLite file, to continue them later (default: memory)",
+    )
+    _add_model_arguments(chat)
+    chat.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="time limit of each reply (default: none)",
+    )
+    chat.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
+
+
+def _session_id(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -309,8 +371,7 @@ def _run_command(args: argparse.Namespace) -> int:
         orchestrator = AgentOrchestrator(supervisor=DefaultSupervisor())
         files.attach(orchestrator)
         try:
-            for name, agent in agents.items():
-                orchestrator.add_agent(name, agent.options_factory(name))
+            _register_agents(orchestrator, workflow, agents)
             executor = LocalExecutor(orchestrator, max_parallel_tasks=max_parallel)
             orchestrator.with_executor(executor)
             run = _Run(
@@ -372,6 +433,39 @@ def _enable_logging() -> None:
     logger.enable("actor_orch")
 
 
+# --- chat -------------------------------------------------------------------------------------
+
+
+def _chat_command(args: argparse.Namespace) -> int:
+    if args.verbose:
+        _enable_logging()
+    workflow = load_workflow(args.workflow)
+    if args.agent not in workflow.agents:
+        raise UsageError(
+            f"agent {args.agent!r} is not defined in {args.workflow} "
+            f"(its agents: {', '.join(workflow.agents)})"
+        )
+    agents = _resolve_agents(args, workflow)
+    sessions = None
+    if args.sessions_db is not None:
+        sessions = SqliteSessionStore(args.sessions_db)
+        if sessions.problem is not None:
+            raise UsageError(f"--sessions-db {args.sessions_db}: {sessions.problem}")
+    orchestrator = AgentOrchestrator(supervisor=DefaultSupervisor(), sessions=sessions)
+    try:
+        _register_agents(orchestrator, workflow, agents)
+        max_parallel = workflow.max_parallel or DEFAULT_MAX_PARALLEL_TASKS
+        orchestrator.with_executor(LocalExecutor(orchestrator, max_parallel_tasks=max_parallel))
+        chat = Chat(
+            lambda: orchestrator.spawn(args.agent), session=args.session, timeout=args.timeout
+        )
+        return chat.run()
+    finally:
+        orchestrator.shutdown(timeout=_SHUTDOWN_TIMEOUT_S)
+        if sessions is not None:
+            sessions.close()
+
+
 # --- agents and their models ---------------------------------------------------------------
 
 
@@ -394,22 +488,39 @@ class _Agent:
                 name=name,
                 settings=spec.settings,
                 history_limit=spec.history_limit,
+                delegates=spec.delegates,
             )
 
         return build
+
+
+def _register_agents(
+    orchestrator: AgentOrchestrator, workflow: Workflow, agents: dict[str, _Agent]
+) -> None:
+    """Register every agent of the workflow, parents first; an agent with a `parent` is
+    registered as its child."""
+    for name in registration_order(workflow.agents):
+        factory = agents[name].options_factory(name)
+        parent = workflow.agents[name].parent
+        if parent is None:
+            orchestrator.add_agent(name, factory)
+        else:
+            orchestrator.add_child(name, parent, factory)
 
 
 def _resolve_agents(args: argparse.Namespace, workflow: Workflow) -> dict[str, _Agent]:
     """Every agent with its model. Agents on one server (URL, model name, key) share one
     `OpenAICompatibleModel`; servers are built only when used, so an echo-only run never
     needs a URL or an API key."""
-    echo = EchoModel()  # stateless, so one instance is as good as one per agent
+    # The offline models are stateless, so one instance is as good as one per agent.
+    offline: dict[str, Model] = {"echo": EchoModel(), "demo": DemoModel()}
     servers: dict[tuple[str, str, str | None], OpenAICompatibleModel] = {}
     agents = {}
     for name, spec in workflow.agents.items():
-        if (spec.model or args.model) == "echo":
-            model: Model = echo
-            server: tuple[str, ...] = ("echo",)
+        kind = spec.model or args.model
+        if kind in offline:
+            model: Model = offline[kind]
+            server: tuple[str, ...] = (kind,)
         else:
             base_url = spec.base_url or args.base_url
             model_name = spec.model_name or args.model_name

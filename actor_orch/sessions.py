@@ -136,8 +136,14 @@ class SqliteSessionStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._broken = False
+        self._problem: str | None = None
         with self._lock:
             self._connect()
+
+    @property
+    def problem(self) -> str | None:
+        """Why the store is unusable (it then acts empty), or None when it works."""
+        return self._problem
 
     def _connect(self) -> sqlite3.Connection | None:
         # Caller holds the lock. A failure is remembered, so a broken file warns once.
@@ -156,6 +162,7 @@ class SqliteSessionStore:
             conn.execute("SELECT seq, agent, session, body FROM session_messages LIMIT 0")
         except (sqlite3.Error, OSError) as err:
             self._broken = True
+            self._problem = str(err)
             logger.warning("session store {} is unusable ({}); sessions act empty", self.path, err)
             return None
         self._conn = conn

@@ -47,10 +47,19 @@ from actor_orch.models.settings import ModelSettings
 from actor_orch.spec import AgentStepSpec
 from actor_orch.structured import InvalidOutput, check_schema
 
-__all__ = ["AgentSpec", "ModelKind", "Workflow", "WorkflowError", "WorkflowStep", "load_workflow"]
+__all__ = [
+    "AgentSpec",
+    "ModelKind",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowStep",
+    "load_workflow",
+    "registration_order",
+]
 
-ModelKind = Literal["echo", "openai"]
-"""Which model an agent runs: the offline `EchoModel`, or an OpenAI-compatible server."""
+ModelKind = Literal["echo", "openai", "demo"]
+"""Which model an agent runs: the offline `EchoModel`, an OpenAI-compatible server, or the
+offline `DemoModel` (delegates one task per line of its prompt, then sums up the results)."""
 
 _BARE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -76,6 +85,11 @@ class AgentSpec(
       it); `history_limit` is `AgentOptions.history_limit`.
     - `settings`, the `[agents.NAME.settings]` table: an `actor_orch.ModelSettings`
       (`max_tokens`, `temperature`, ...), sent with every model call of the agent.
+    - `delegates`: the agents this one may hand tasks to through a `delegate` tool (a list of
+      names defined in `[agents]`), or `true` for every agent whose `parent` it is
+      (`AgentOptions.delegates`).
+    - `parent`: registers the agent as a child of that agent (`add_child`), so `delegates =
+      true` of the parent covers it. Parents must be defined and form no cycle.
     """
 
     system_prompt: str = ""
@@ -86,6 +100,8 @@ class AgentSpec(
     max_turns: Annotated[int, msgspec.Meta(ge=1)] | None = None
     history_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
     settings: ModelSettings | None = None
+    delegates: tuple[_NonEmpty, ...] | bool = ()
+    parent: _NonEmpty | None = None
 
 
 class WorkflowStep(AgentStepSpec, frozen=True, omit_defaults=True):
@@ -203,6 +219,7 @@ def _check(path: str | os.PathLike[str], raw: Any, workflow: Workflow) -> None:
     """The checks a type cannot express; the first problem found is raised."""
     for name, agent in workflow.agents.items():
         _check_agent(path, name, agent)
+    _check_delegation(path, workflow.agents)
     if not workflow.steps:
         raise WorkflowError(path, "$.steps: the workflow has no steps")
     first_seen: dict[str, int] = {}
@@ -239,13 +256,81 @@ def _check(path: str | os.PathLike[str], raw: Any, workflow: Workflow) -> None:
 
 def _check_agent(path: str | os.PathLike[str], name: str, agent: AgentSpec) -> None:
     where = _agent_path(name)
-    if agent.model == "echo":
+    if agent.model in ("echo", "demo"):
         for field in _SERVER_FIELDS:
             if getattr(agent, field) is not None:
                 raise WorkflowError(
-                    path, f'{where}.{field}: only used by model = "openai", not "echo"'
+                    path, f'{where}.{field}: only used by model = "openai", not "{agent.model}"'
                 )
     if agent.base_url is not None and not agent.base_url.startswith(("http://", "https://")):
         raise WorkflowError(
             path, f"{where}.base_url: must be an http:// or https:// URL, got {agent.base_url!r}"
         )
+
+
+def _check_delegation(path: str | os.PathLike[str], agents: dict[str, AgentSpec]) -> None:
+    """`parent` and `delegates` name defined agents, parents form no cycle, and
+    `delegates = true` has children to delegate to."""
+    for name, agent in agents.items():
+        where = _agent_path(name)
+        if agent.parent is not None and agent.parent not in agents:
+            raise WorkflowError(
+                path, f"{where}.parent: agent {agent.parent!r} is not defined in [agents]"
+            )
+        if isinstance(agent.delegates, bool):
+            continue
+        seen: set[str] = set()
+        for index, delegate in enumerate(agent.delegates):
+            if delegate not in agents:
+                raise WorkflowError(
+                    path,
+                    f"{where}.delegates[{index}]: agent {delegate!r} is not defined in [agents]",
+                )
+            if delegate in seen:
+                raise WorkflowError(
+                    path, f"{where}.delegates[{index}]: {delegate!r} is listed twice"
+                )
+            seen.add(delegate)
+    for name in agents:
+        _check_no_parent_cycle(path, name, agents)
+    children = {agent.parent for agent in agents.values() if agent.parent is not None}
+    for name, agent in agents.items():
+        if agent.delegates is True and name not in children:
+            raise WorkflowError(
+                path,
+                f"{_agent_path(name)}.delegates: true delegates to the agents whose parent is "
+                f"{name!r}, and there are none (set their parent, or list the delegates)",
+            )
+
+
+def _check_no_parent_cycle(
+    path: str | os.PathLike[str], name: str, agents: dict[str, AgentSpec]
+) -> None:
+    chain = [name]
+    parent = agents[name].parent
+    while parent is not None:
+        if parent == name:
+            cycle = " -> ".join([*chain, name])
+            raise WorkflowError(path, f"{_agent_path(name)}.parent: parent cycle: {cycle}")
+        if parent in chain:
+            return  # a cycle that does not pass through `name`: reported for one of its members
+        chain.append(parent)
+        parent = agents[parent].parent
+
+
+def registration_order(agents: dict[str, AgentSpec]) -> list[str]:
+    """The agents' names with every parent before its children (otherwise in file order),
+    the order in which `add_agent`/`add_child` can register them. The parents must form no
+    cycle (`load_workflow` checks it)."""
+    ordered: list[str] = []
+    placed: set[str] = set()
+    for name in agents:
+        chain = []
+        current: str | None = name
+        while current is not None and current not in placed:
+            chain.append(current)
+            current = agents[current].parent
+        for member in reversed(chain):
+            ordered.append(member)
+            placed.add(member)
+    return ordered

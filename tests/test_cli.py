@@ -612,9 +612,32 @@ BAD_FILES = {
         '[agents.a]\nbase_url = "ftp://x"\n' + step("t0", "a", "p"),
         "$.agents.a.base_url: must be an http:// or https:// URL, got 'ftp://x'",
     ),
+    # Delegation (more cases in test_delegation.py, in-process).
+    "unknown-delegate": BadFile(
+        "wf.toml",
+        GOOD_AGENTS + 'delegates = ["a", "ghost"]\n' + step("t0", "a", "p"),
+        "$.agents.a.delegates[1]: agent 'ghost' is not defined in [agents]",
+    ),
+    "undefined-parent": BadFile(
+        "wf.toml",
+        GOOD_AGENTS + 'parent = "boss"\n' + step("t0", "a", "p"),
+        "$.agents.a.parent: agent 'boss' is not defined in [agents]",
+    ),
+    "parent-cycle": BadFile(
+        "wf.toml",
+        GOOD_AGENTS + 'parent = "b"\n[agents.b]\nparent = "a"\n' + step("t0", "a", "p"),
+        "$.agents.a.parent: parent cycle: a -> b -> a",
+    ),
 }
 # Cases also checked with `validate` (each run costs an interpreter start-up).
-VALIDATED = ("missing-file", "duplicate-task-id", "cycle", "template-not-needed", "bad-setting")
+VALIDATED = (
+    "missing-file",
+    "duplicate-task-id",
+    "cycle",
+    "template-not-needed",
+    "bad-setting",
+    "parent-cycle",
+)
 BadRuns = dict[
     str, tuple[Path, subprocess.CompletedProcess[str], subprocess.CompletedProcess[str] | None]
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ import actor_orch as ao
 from actor_orch import AgentOptions, AgentOrchestrator, DefaultSupervisor
 from actor_orch.executor import current_step_abort
 from actor_orch.types import AssistantMessage, StopReason, ToolCall, ToolResultMessage
+from actor_orch.workflow import WorkflowError, load_workflow, registration_order
 
 WAIT = 10.0
 
@@ -238,3 +241,140 @@ def test_delegates_must_be_names() -> None:
         AgentOptions(ao.EchoModel(), delegates="child")
     with pytest.raises(TypeError, match="delegates"):
         AgentOptions(ao.EchoModel(), delegates=["ok", 3])  # type: ignore[list-item]
+
+
+# --- the demo model ------------------------------------------------------------------------------
+
+
+def test_demo_model_delegates_one_task_per_line_then_sums_up(orch: AgentOrchestrator) -> None:
+    orch.add_agent("lead", lambda: AgentOptions(ao.DemoModel(), delegates=True))
+    orch.add_child("critic", "lead", lambda: AgentOptions(ao.EchoModel()))
+    orch.add_child("writer", "lead", lambda: AgentOptions(ao.EchoModel()))
+    result = orch.spawn("lead").send_message(
+        "critic: check the claim\nfirst line\n\n  second line  \n", timeout=WAIT
+    )
+    [outcomes] = tool_results(result)
+    # `NAME: text` goes to NAME; other lines go to the delegates in turn (by line index).
+    assert [(o["agent"], o["output"]) for o in outcomes] == [
+        ("critic", "check the claim"),
+        ("writer", "first line"),
+        ("critic", "second line"),
+    ]
+    assert result.text == (
+        "3 of 3 delegated tasks succeeded:\n"
+        "- critic: check the claim\n"
+        "- writer: first line\n"
+        "- critic: second line"
+    )
+
+
+def test_demo_model_reports_failed_tasks_and_echoes_without_a_delegate_tool(
+    orch: AgentOrchestrator,
+) -> None:
+    orch.add_agent("lead", lambda: AgentOptions(ao.DemoModel(), delegates=["broken"]))
+    orch.add_agent(
+        "broken", lambda: AgentOptions(ao.ScriptedModel([ao.AuthError("no key")]), retry=None)
+    )
+    orch.add_agent("alone", lambda: AgentOptions(ao.DemoModel()))
+    result = orch.spawn("lead").send_message("try it", timeout=WAIT)
+    assert result.text.startswith("0 of 1 delegated tasks succeeded:\n- broken failed: ")
+    assert "no key" in result.text
+    assert orch.spawn("alone").send_message("just echo", timeout=WAIT).text == "just echo"
+
+
+def test_demo_model_streams_its_summary(orch: AgentOrchestrator) -> None:
+    orch.add_agent("lead", lambda: AgentOptions(ao.DemoModel(), delegates=["helper"]))
+    orch.add_agent("helper", lambda: AgentOptions(ao.EchoModel()))
+    stream = orch.spawn("lead").stream_message("a task", timeout=WAIT)
+    pieces = list(stream)
+    assert len(pieces) > 1
+    assert (
+        "".join(pieces)
+        == stream.result().text
+        == "1 of 1 delegated tasks succeeded:\n- helper: a task"
+    )
+
+
+# --- delegation in workflow files ----------------------------------------------------------------
+
+
+def write_workflow(folder: Path, agents: str) -> Path:
+    path = folder / "wf.toml"
+    path.write_text(
+        textwrap.dedent(agents)
+        + '\n[[steps]]\ntask_id = "t"\nagent = "lead"\ndescription = "d"\nprompt = "p"\n'
+    )
+    return path
+
+
+def test_workflow_agents_declare_delegates_and_parents(tmp_path: Path) -> None:
+    workflow = load_workflow(
+        write_workflow(
+            tmp_path,
+            """
+            [agents.helper]
+            parent = "lead"
+            [agents.lead]
+            model = "demo"
+            delegates = true
+            [agents.editor]
+            delegates = ["helper", "lead"]
+            """,
+        )
+    )
+    assert workflow.agents["lead"].delegates is True
+    assert workflow.agents["editor"].delegates == ("helper", "lead")
+    assert workflow.agents["helper"].parent == "lead"
+    # Parents are registered before their children, whatever the order in the file.
+    assert registration_order(workflow.agents) == ["lead", "helper", "editor"]
+
+
+BAD_DELEGATION = {
+    "unknown-delegate": (
+        '[agents.lead]\ndelegates = ["ghost"]',
+        "$.agents.lead.delegates[0]: agent 'ghost' is not defined in [agents]",
+    ),
+    "delegate-listed-twice": (
+        '[agents.lead]\ndelegates = ["lead", "a", "a"]\n[agents.a]',
+        "$.agents.lead.delegates[2]: 'a' is listed twice",
+    ),
+    "empty-delegate-name": (
+        '[agents.lead]\ndelegates = [""]',
+        "Expected `str` of length >= 1 - at `$.agents.lead.delegates[0]`",
+    ),
+    "delegates-not-a-list": (
+        '[agents.lead]\ndelegates = "a"',
+        "Expected `bool | array`, got `str` - at `$.agents.lead.delegates`",
+    ),
+    "true-without-children": (
+        "[agents.lead]\ndelegates = true",
+        "$.agents.lead.delegates: true delegates to the agents whose parent is 'lead', "
+        "and there are none",
+    ),
+    "undefined-parent": (
+        '[agents.lead]\n[agents.a]\nparent = "boss"',
+        "$.agents.a.parent: agent 'boss' is not defined in [agents]",
+    ),
+    "own-parent": (
+        '[agents.lead]\nparent = "lead"',
+        "$.agents.lead.parent: parent cycle: lead -> lead",
+    ),
+    "parent-cycle": (
+        '[agents.lead]\n[agents.a]\nparent = "b"\n[agents.b]\nparent = "c"\n'
+        '[agents.c]\nparent = "a"',
+        "$.agents.a.parent: parent cycle: a -> b -> c -> a",
+    ),
+    "server-field-on-demo": (
+        '[agents.lead]\nmodel = "demo"\nbase_url = "http://x"',
+        '$.agents.lead.base_url: only used by model = "openai", not "demo"',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DELEGATION))
+def test_bad_delegation_in_a_workflow_file_names_the_field(tmp_path: Path, case: str) -> None:
+    agents, expected = BAD_DELEGATION[case]
+    path = write_workflow(tmp_path, agents)
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(path)
+    assert str(caught.value).startswith(f"{path}: {expected}")

@@ -85,6 +85,28 @@ def test_research_example_fills_each_prompt_with_the_outputs_it_needs(entry: lis
     assert "{{" not in review.output
 
 
+@ENTRY_POINTS
+def test_delegation_example_shows_the_work_its_delegates_did(entry: list[str]) -> None:
+    result = run([*entry, "run", "examples/delegation.toml", "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    workflow = load_workflow(EXAMPLES / "delegation.toml")
+    survey, review = outcomes_of(result.stdout)
+    assert survey.success and review.success
+    # The demo lead delegates one task per line (`NAME: text` to NAME) and lists the outcomes:
+    # its delegates echo their task, so each line comes back under the agent that ran it.
+    lines = [line for line in workflow.steps[0].prompt.splitlines() if line]
+    assert survey.output.splitlines() == [
+        f"{len(lines)} of {len(lines)} delegated tasks succeeded:",
+        *(f"- {line}" for line in lines),
+    ]
+    assert review.output.splitlines() == [
+        "1 of 1 delegated tasks succeeded:",
+        f"- critic: {workflow.steps[1].prompt}",
+    ]
+    assert workflow.agents["lead"].delegates is True
+    assert {workflow.agents[name].parent for name in ("researcher", "critic")} == {"lead"}
+
+
 # --- Python examples -----------------------------------------------------------------------------
 
 
@@ -356,10 +378,27 @@ def test_readme_workflow_format_snippet_is_a_valid_workflow(tmp_path: Path) -> N
 
 
 def test_readme_graph_snippet_is_the_research_example(tmp_path: Path) -> None:
-    [_, snippet] = readme_blocks("toml")
+    snippet = readme_blocks("toml")[1]
     path = tmp_path / "graph.toml"
     path.write_text(snippet)
     shown, example = load_workflow(path), load_workflow(EXAMPLES / "research.toml")
     assert list(shown.agents) == list(example.agents)
     assert [s.task_id for s in shown.steps] == [s.task_id for s in example.steps]
     assert shown.needs == example.needs == {"draft": ("facts",), "review": ("facts", "draft")}
+
+
+def test_readme_delegation_snippet_declares_the_agents_of_the_delegation_example(
+    tmp_path: Path,
+) -> None:
+    snippet = readme_blocks("toml")[2]
+    path = tmp_path / "delegation.toml"
+    path.write_text(
+        snippet + '[[steps]]\ntask_id = "t"\nagent = "lead"\ndescription = "d"\nprompt = "p"\n'
+    )
+    shown, example = load_workflow(path), load_workflow(EXAMPLES / "delegation.toml")
+    assert list(shown.agents) == list(example.agents)
+    for name, agent in shown.agents.items():
+        assert (agent.delegates, agent.parent) == (
+            example.agents[name].delegates,
+            example.agents[name].parent,
+        )
