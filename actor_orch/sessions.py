@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -146,27 +147,42 @@ class SqliteSessionStore:
         return self._problem
 
     def _connect(self) -> sqlite3.Connection | None:
-        # Caller holds the lock. A failure is remembered, so a broken file warns once.
+        # Caller holds the lock. A broken file is remembered, so it warns once; a file that
+        # another process holds locked while it sets up (switching to WAL takes no busy
+        # handler) is retried until `timeout`, and only this call acts empty after that.
         if self._conn is not None or self._broken:
             return self._conn
-        try:
-            if self.path.parent and not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=self._timeout, check_same_thread=False, isolation_level=None
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            # A table of this name but another shape is a file we cannot use.
-            conn.execute("SELECT seq, agent, session, body FROM session_messages LIMIT 0")
-        except (sqlite3.Error, OSError) as err:
-            self._broken = True
-            self._problem = str(err)
-            logger.warning("session store {} is unusable ({}); sessions act empty", self.path, err)
-            return None
-        self._conn = conn
-        return conn
+        deadline = time.monotonic() + self._timeout
+        while True:
+            conn = None
+            try:
+                if self.path.parent and not self.path.parent.exists():
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path, timeout=self._timeout, check_same_thread=False, isolation_level=None
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(_SCHEMA)
+                # A table of this name but another shape is a file we cannot use.
+                conn.execute("SELECT seq, agent, session, body FROM session_messages LIMIT 0")
+            except (sqlite3.Error, OSError) as err:
+                if conn is not None:
+                    conn.close()
+                if _is_locked(err):
+                    if time.monotonic() < deadline:
+                        time.sleep(0.01)  # another process is setting the file up
+                        continue
+                    logger.warning("session store {} stayed locked ({})", self.path, err)
+                    return None
+                self._broken = True
+                self._problem = str(err)
+                logger.warning(
+                    "session store {} is unusable ({}); sessions act empty", self.path, err
+                )
+                return None
+            self._conn = conn
+            return conn
 
     def load(self, agent: str, session: str, limit: int | None = None) -> list[AgentMessage]:
         # Newest first, stopping once more than `limit` are read with a user message among
@@ -253,3 +269,10 @@ class SqliteSessionStore:
     def __repr__(self) -> str:
         state = " unusable" if self._broken else ""
         return f"SqliteSessionStore({str(self.path)!r}){state}"
+
+
+def _is_locked(error: BaseException) -> bool:
+    """Whether `error` is SQLite's "database is locked/busy": another connection's moment."""
+    return isinstance(error, sqlite3.OperationalError) and (
+        "locked" in str(error) or "busy" in str(error)
+    )
