@@ -17,7 +17,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -144,14 +144,25 @@ class AgentOptions:
         return dataclasses.replace(self, **changes)
 
 
-# The abort events of the prompt running on this thread (and in its tools' threads).
-_prompt_aborts: contextvars.ContextVar[tuple[threading.Event, ...]] = contextvars.ContextVar(
+def _listening(on_event: Callable[[Event], object] | None) -> bool:
+    """Whether events given to `on_event` reach anybody (an `EventBus` says when not)."""
+    return on_event is not None and getattr(on_event, "live", True)
+
+
+class AbortSignal(Protocol):
+    """What aborts a prompt: a `threading.Event`, or anything with its `is_set()`."""
+
+    def is_set(self) -> bool: ...
+
+
+# The abort signals of the prompt running on this thread (and in its tools' threads).
+_prompt_aborts: contextvars.ContextVar[tuple[AbortSignal, ...]] = contextvars.ContextVar(
     "actor_orch_prompt_aborts", default=()
 )
 
 
-def current_prompt_aborts() -> tuple[threading.Event, ...]:
-    """The events that abort the prompt running on this thread (empty outside a prompt).
+def current_prompt_aborts() -> tuple[AbortSignal, ...]:
+    """The signals that abort the prompt running on this thread (empty outside a prompt).
 
     A tool that starts long work of its own (delegated steps) watches them to stop with it.
     """
@@ -236,7 +247,7 @@ class Agent:
         self._abort = abort_event if abort_event is not None else threading.Event()
         self._owns_abort = abort_event is None
         self._running = threading.Lock()
-        self._prompt_abort: threading.Event | None = None
+        self._prompt_abort: AbortSignal | None = None
         self._log = logger.bind(agent=options.name or "agent")
         # The model's own settings, read once: they sit under the agent's and the call's.
         self._settings = merge_settings(_model_settings(options.model), options.settings)
@@ -258,7 +269,7 @@ class Agent:
         output_schema: dict[str, Any] | None = None,
         settings: ModelSettings | None = None,
         on_text_delta: TextDeltaHook | None = None,
-        abort: threading.Event | None = None,
+        abort: AbortSignal | None = None,
     ) -> AgentResult:
         """`prompt` with one user message holding `text`."""
         return self.prompt(
@@ -278,7 +289,7 @@ class Agent:
         output_schema: dict[str, Any] | None = None,
         settings: ModelSettings | None = None,
         on_text_delta: TextDeltaHook | None = None,
-        abort: threading.Event | None = None,
+        abort: AbortSignal | None = None,
     ) -> AgentResult:
         """Add `messages` to the conversation and run the loop; raises `AgentError`.
 
@@ -316,6 +327,18 @@ class Agent:
             if output_type is None or isinstance(output_type, OutputSpec)
             else OutputSpec(output_type)
         )
+        return self.run_checked(added, spec, on_text_delta, abort, settings)
+
+    def run_checked(
+        self,
+        added: list[AgentMessage],
+        spec: OutputSpec | None,
+        on_text_delta: TextDeltaHook | None,
+        abort: AbortSignal | None,
+        settings: ModelSettings | None = None,
+    ) -> AgentResult:
+        """`prompt` for arguments already checked (the orchestrator's actors call this);
+        `added` becomes the result's message list."""
         if not self._running.acquire(blocking=False):
             raise RuntimeError("this Agent is already running a prompt (one at a time)")
         before = self._history
@@ -496,7 +519,7 @@ class Agent:
     ) -> AssistantMessage:
         """`_call_model`, reported as a `ModelCallFinished` event and a `chat` span."""
         hooks = _trace.HOOKS
-        if hooks is None and self._on_event is None:
+        if hooks is None and not _listening(self._on_event):
             return self._call_model(request, on_text_delta)
         started = time.monotonic()
         span_cm = None if hooks is None else hooks.chat(_model_name(self.options.model))
@@ -538,7 +561,7 @@ class Agent:
     def _observed_tool(self, call: ToolCall) -> ToolResultMessage:
         """`_run_tool`, reported as a `ToolCallFinished` event and an `execute_tool` span."""
         hooks = _trace.HOOKS
-        if hooks is None and self._on_event is None:
+        if hooks is None and not _listening(self._on_event):
             return self._run_tool(call)
         started = time.monotonic()
         if hooks is None:

@@ -31,13 +31,12 @@ Example:
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from actor_orch.agent import AgentOptions, current_prompt_aborts
+from actor_orch.agent import AbortSignal, AgentOptions, current_prompt_aborts
 from actor_orch.spec import AgentStepSpec, StepOutcome
 from actor_orch.tools import Tool
 
@@ -62,7 +61,7 @@ _ENCODER = msgspec.json.Encoder()
 class _AnyEvent:
     """Set when any of the events is set; what `execute_steps_parallel(cancel=)` polls."""
 
-    def __init__(self, events: Sequence[threading.Event]) -> None:
+    def __init__(self, events: Sequence[AbortSignal]) -> None:
         self._events = tuple(events)
 
     def is_set(self) -> bool:

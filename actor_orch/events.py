@@ -141,6 +141,8 @@ class EventBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._callbacks: tuple[EventCallback, ...] = ()
+        # Whether anybody listens: producers skip building events nobody would receive.
+        self.live = False
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Deliver every later event to `callback`; returns a function that unsubscribes."""
@@ -149,16 +151,20 @@ class EventBus:
         token = _Subscription(callback)
         with self._lock:
             self._callbacks = (*self._callbacks, token)
+            self.live = True
 
         def unsubscribe() -> None:
             with self._lock:
                 self._callbacks = tuple(c for c in self._callbacks if c is not token)
+                self.live = bool(self._callbacks)
 
         return unsubscribe
 
     def emit(self, event: Event) -> None:
         for callback in self._callbacks:
             deliver(callback, event)
+
+    __call__ = emit  # a bus is an event callback (with `live`, which producers may check)
 
     def __len__(self) -> int:
         return len(self._callbacks)

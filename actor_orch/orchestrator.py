@@ -113,37 +113,91 @@ def check_timeout(value: object, name: str = "timeout") -> float | None:
     return float(value)
 
 
-class _Request:
-    """One accepted request: its messages, where they go, and the future that answers it."""
+# The life of a `_Reply`; it changes only under its handle's gate.
+_QUEUED, _RUNNING, _DONE = 0, 1, 2
 
-    __slots__ = ("abort", "future", "messages", "on_delta", "output", "session", "trace")
+
+class _Reply:
+    """The answer to one accepted message, recorded once under its handle's gate.
+
+    A synchronous sender waits on a pre-acquired lock (the cheapest one-shot latch CPython
+    has); an asynchronous one, or a stream, gets a `concurrent.futures.Future`.
+    """
+
+    __slots__ = ("_latch", "error", "future", "state", "value")
+
+    def __init__(self, future: bool) -> None:
+        self.state = _QUEUED
+        self.value: AgentResult | None = None
+        self.error: BaseException | None = None
+        self.future: concurrent.futures.Future[AgentResult] | None = None
+        self._latch: threading.Lock | None = None
+        if future:
+            self.future = concurrent.futures.Future()
+        else:
+            self._latch = threading.Lock()
+            self._latch.acquire()
+
+    def deliver(self) -> None:
+        """Hand the recorded answer to the sender (once, after the gate recorded it)."""
+        if self._latch is not None:
+            self._latch.release()
+        elif self.future is not None:
+            _settle(self.future, self.value, self.error)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait (synchronous senders only) up to `timeout` seconds; True once answered."""
+        latch = self._latch
+        assert latch is not None
+        return latch.acquire(True, -1 if timeout is None else timeout)
+
+    def outcome(self) -> AgentResult:
+        """The recorded answer: the result, or its error raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+
+class _Request(_Reply):
+    """One accepted request: its messages, where they go, and its answer."""
+
+    __slots__ = ("abortable", "aborted", "messages", "on_delta", "output", "session", "trace")
 
     def __init__(
         self,
         messages: list[AgentMessage],
         session: str | None = None,
         output: OutputSpec | None = None,
-        on_delta: Callable[[str], None] | None = None,
-        abort: threading.Event | None = None,
+        *,
+        future: bool = True,
+        abortable: bool = False,
     ) -> None:
+        super().__init__(future)
         self.messages = messages
         self.session = session
         self.output = output
-        self.on_delta = on_delta
-        self.abort = abort  # aborts this request only (stream cancel, send timeout)
+        self.on_delta: Callable[[str], None] | None = None
+        # Its own sender gave up (a send that timed out, a cancelled stream): the prompt stops
+        # at its next boundary, and the failure is the caller's business, not the supervisor's.
+        self.abortable = abortable
+        self.aborted = False
         hooks = _trace.HOOKS
         self.trace = None if hooks is None else hooks.capture()  # the sender's span context
-        self.future: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
+
+    def is_set(self) -> bool:
+        """Whether its sender gave up (read by the agent loop as this prompt's abort)."""
+        return self.aborted
 
 
-class _ClearHistory:
+class _ClearHistory(_Reply):
     """Told by `clear_history`: forget one conversation, in mailbox order."""
 
-    __slots__ = ("future", "session")
+    __slots__ = ("session",)
 
     def __init__(self, session: str | None) -> None:
+        super().__init__(future=False)
         self.session = session
-        self.future: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
 
 
 # Told to the actor by await_result() and shutdown(): what is queued before it is served, then
@@ -169,11 +223,12 @@ class _Entry:
 class _Published:
     """What the agent actor publishes for its handle to read (written on the actor's thread)."""
 
-    __slots__ = ("agent", "history_limit", "restarts", "thread")
+    __slots__ = ("agent", "history_limit", "ident", "restarts", "thread")
 
     def __init__(self) -> None:
         self.restarts = 0
         self.thread: threading.Thread | None = None
+        self.ident: int | None = None  # the actor thread's ident
         self.agent: Agent | None = None  # the agent of the session-less conversation
         self.history_limit: int | None = None
 
@@ -182,8 +237,8 @@ class OrchestratedHandle:
     """A running agent: send it messages, await its end, cancel it.
 
     Created by `AgentOrchestrator.spawn`. A thin client of the agent's actor: it holds the
-    actor's reference, the bounded mailbox gate and one `concurrent.futures.Future` per
-    accepted request. The agent itself (its history, its restart count) lives in the actor and
+    actor's reference, the bounded mailbox gate and the answer of every accepted request not
+    yet answered. The agent itself (its history, its restart count) lives in the actor and
     changes only on the actor's thread. Thread-safe: any number of threads may send at once;
     requests are served one at a time, in arrival order.
 
@@ -219,17 +274,23 @@ class OrchestratedHandle:
         self._sessions = sessions
         self._buffer = channel_buffer
         self._on_end = on_end
-        self._log = logger.bind(agent=name)
         self._bus = supervision.bus
-        # The gate: guards the mailbox fill, the open requests and the one end transition.
-        self._cond = threading.Condition()
+        # The gate: guards the mailbox fill, the open requests, every answer and the one end
+        # transition. A plain lock; senders waiting for mailbox space wait on `_space`, a
+        # condition on it made when first needed.
+        self._gate = threading.Lock()
+        self._space: threading.Condition | None = None
+        self._space_waiters = 0
         self._queued = 0  # accepted requests the actor has not taken yet: the mailbox fill
-        self._outstanding: set[_Request | _ClearHistory] = set()  # accepted, not answered
+        self._outstanding: set[_Reply] = set()  # accepted, not answered
         self._failing: tuple[_Request, AgentError] | None = None  # failed, being supervised
         self._closed = False  # no new requests (await_result, shutdown, or ended)
         self._status = AgentStatus.RUNNING
         self._abort = threading.Event()  # set when the handle ends: aborts the running prompt
-        self._final: concurrent.futures.Future[AgentResult] = concurrent.futures.Future()
+        # How the handle ended (result, error), and the future `await_result` waits on, made
+        # only when somebody waits.
+        self._ended_with: tuple[AgentResult, AgentError | None] | None = None
+        self._final: concurrent.futures.Future[AgentResult] | None = None
         self._published = _Published()
         self._actor = _AgentActor.start(
             self,
@@ -281,9 +342,9 @@ class OrchestratedHandle:
                 supported type, or `timeout` is not a number.
             ValueError: `timeout` is negative, NaN or infinite, or `session` is empty.
         """
-        return self.send_messages(
-            [_user_text(text)], timeout=timeout, session=session, output_type=output_type
-        )
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self._send([user_message(text)], timeout, session, output_type)
 
     def send_messages(
         self,
@@ -294,13 +355,7 @@ class OrchestratedHandle:
         output_type: object = None,
     ) -> AgentResult:
         """Like `send_message`, with a list of messages."""
-        limit = check_timeout(timeout)
-        self._refuse_own_thread("send_messages")
-        request = self._request(messages, session, output_type, abortable=limit is not None)
-        deadline = None if limit is None else time.monotonic() + limit
-        self._submit(request, limit)
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self._wait(request, remaining, limit)
+        return self._send(check_messages(messages), timeout, session, output_type)
 
     def send_message_async(
         self,
@@ -311,7 +366,8 @@ class OrchestratedHandle:
         output_type: object = None,
     ) -> concurrent.futures.Future[AgentResult]:
         """Queue one user message; returns its `Future`. `timeout` bounds only the wait for
-        mailbox space (then `RequestTimeout`)."""
+        mailbox space (then `RequestTimeout`). Cancelling the future withdraws the request
+        if the agent has not started it."""
         return self.send_messages_async(
             [_user_text(text)], timeout=timeout, session=session, output_type=output_type
         )
@@ -326,8 +382,11 @@ class OrchestratedHandle:
     ) -> concurrent.futures.Future[AgentResult]:
         """Queue messages as one request; returns its `Future`. See `send_message_async`."""
         limit = check_timeout(timeout)
-        request = self._request(messages, session, output_type, abortable=False)
-        self._submit(request, limit)
+        request = _Request(
+            check_messages(messages), _check_session(session), _output_spec(output_type)
+        )
+        self._submit(request, limit, None if limit is None else time.monotonic() + limit)
+        assert request.future is not None
         return request.future
 
     def stream_message(
@@ -346,10 +405,15 @@ class OrchestratedHandle:
         """
         limit = check_timeout(timeout)
         self._refuse_own_thread("stream_message")
-        request = self._request([_user_text(text)], session, output_type, abortable=True)
+        request = _Request(
+            [_user_text(text)],
+            _check_session(session),
+            _output_spec(output_type),
+            abortable=True,
+        )
         stream = AgentStream(self, request, limit)
         request.on_delta = stream._push
-        self._submit(request, limit)
+        self._submit(request, limit, None if limit is None else time.monotonic() + limit)
         return stream
 
     def history(self, session: str | None = None) -> list[AgentMessage]:
@@ -370,7 +434,7 @@ class OrchestratedHandle:
         session = _check_session(session)
         limit = check_timeout(timeout)
         control = _ClearHistory(session)
-        with self._cond:
+        with self._gate:
             closed = self._closed
             if not closed:
                 self._tell_locked(control)
@@ -380,74 +444,11 @@ class OrchestratedHandle:
                 raise _channel_closed()
             self._sessions.clear(self._name, session)
             return
-        try:
-            control.future.result(limit)
-        except TimeoutError:
+        if not control.wait(limit):
             raise RequestTimeout(
                 f"agent '{self._name}' did not clear its history within {limit:g}s"
-            ) from None
-
-    def _refuse_own_thread(self, what: str) -> None:
-        thread = self._published.thread
-        if thread is not None and thread is threading.current_thread():
-            raise PluginError(
-                _ORCHESTRATOR,
-                f"{what} to agent '{self._name}' from its own thread would wait for itself; "
-                "use send_messages_async",
             )
-
-    def _request(
-        self,
-        messages: Sequence[AgentMessage],
-        session: str | None,
-        output_type: object,
-        *,
-        abortable: bool,
-    ) -> _Request:
-        checked = check_messages(messages)
-        session = _check_session(session)
-        output = None if output_type is None else OutputSpec(output_type)
-        return _Request(checked, session, output, abort=threading.Event() if abortable else None)
-
-    def _wait(self, request: _Request, remaining: float | None, limit: float | None) -> AgentResult:
-        future = request.future
-        try:
-            return future.result(remaining)
-        except concurrent.futures.CancelledError:
-            raise Aborted("request cancelled") from None
-        except TimeoutError:
-            if not future.done():
-                future.cancel()  # withdraw it if the actor has not started it yet
-                if request.abort is not None:
-                    request.abort.set()  # or abort it at its next boundary
-                raise RequestTimeout(
-                    f"agent '{self._name}' did not answer within {limit:g}s"
-                ) from None
-            return future.result(0)
-
-    def _submit(self, request: _Request, limit: float | None) -> None:
-        """Accept `request` into the mailbox, waiting up to `limit` for space."""
-        deadline = None if limit is None else time.monotonic() + limit
-        with self._cond:
-            while not self._closed and self._queued >= self._buffer:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise RequestTimeout(
-                        f"mailbox of agent '{self._name}' stayed full for {limit:g}s"
-                    )
-                self._cond.wait(remaining)
-            if self._closed:
-                raise _channel_closed()
-            # Told under the lock, so a request can never land behind the drain marker.
-            self._tell_locked(request)
-            self._queued += 1
-            self._outstanding.add(request)
-
-    def _tell_locked(self, message: _Request | _ClearHistory) -> None:
-        try:
-            self._actor.tell(message)
-        except pykka.ActorDeadError:  # the actor died and is still reporting it
-            raise _channel_closed() from None
+        control.outcome()
 
     def await_result(self, timeout: float | None = None) -> AgentResult:
         """Close the handle to new requests, let queued ones finish, return the last result.
@@ -459,7 +460,7 @@ class OrchestratedHandle:
         limit = check_timeout(timeout)
         self._close()
         try:
-            return self._final.result(limit)
+            return self._final_future().result(limit)
         except TimeoutError:
             raise RequestTimeout(f"agent '{self._name}' did not finish within {limit:g}s") from None
 
@@ -478,52 +479,162 @@ class OrchestratedHandle:
             f"restarts={self.restarts} queued={self._queued}>"
         )
 
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send(
+        self,
+        messages: list[AgentMessage],
+        timeout: object,
+        session: object,
+        output_type: object,
+    ) -> AgentResult:
+        """A synchronous request: accept it, wait for its answer up to `timeout`."""
+        limit = check_timeout(timeout)
+        if self._published.ident == threading.get_ident():
+            self._refuse_own_thread("send_messages")
+        request = _Request(
+            messages,
+            None if session is None else _check_session(session),
+            None if output_type is None else OutputSpec(output_type),
+            future=False,
+            abortable=limit is not None,
+        )
+        if limit is None:
+            self._submit(request, None, None)
+            request.wait(None)
+            return request.outcome()
+        deadline = time.monotonic() + limit
+        self._submit(request, limit, deadline)
+        if request.wait(max(0.0, deadline - time.monotonic())):
+            return request.outcome()
+        error = RequestTimeout(f"agent '{self._name}' did not answer within {limit:g}s")
+        self._abandon(request, error)  # withdrawn if not started, else aborted
+        return request.outcome()  # its answer, if it came first; else raises `error`
+
+    def _refuse_own_thread(self, what: str) -> None:
+        thread = self._published.thread
+        if thread is not None and thread is threading.current_thread():
+            raise PluginError(
+                _ORCHESTRATOR,
+                f"{what} to agent '{self._name}' from its own thread would wait for itself; "
+                "use send_messages_async",
+            )
+
+    def _submit(self, request: _Request, limit: float | None, deadline: float | None) -> None:
+        """Accept `request` into the mailbox, waiting until `deadline` for space."""
+        with self._gate:
+            if self._queued >= self._buffer and not self._closed:
+                self._wait_for_space(limit, deadline)
+            if self._closed:
+                raise _channel_closed()
+            # Told under the gate, so a request can never land behind the drain marker.
+            self._tell_locked(request)
+            self._queued += 1
+            self._outstanding.add(request)
+
+    def _wait_for_space(self, limit: float | None, deadline: float | None) -> None:
+        """Wait (gate held) until the mailbox has room or the handle closes."""
+        space = self._space
+        if space is None:
+            space = self._space = threading.Condition(self._gate)
+        self._space_waiters += 1
+        try:
+            while not self._closed and self._queued >= self._buffer:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise RequestTimeout(
+                        f"mailbox of agent '{self._name}' stayed full for {limit:g}s"
+                    )
+                space.wait(remaining)
+        finally:
+            self._space_waiters -= 1
+
+    def _wake_senders(self, everyone: bool) -> None:
+        """Wake senders waiting for mailbox space (gate held)."""
+        if self._space_waiters and self._space is not None:
+            if everyone:
+                self._space.notify_all()
+            else:
+                self._space.notify()
+
+    def _tell_locked(self, message: _Reply) -> None:
+        try:
+            self._actor.tell(message)
+        except pykka.ActorDeadError:  # the actor died and is still reporting it
+            raise _channel_closed() from None
+
     # -- the gate, used by the actor and the orchestrator ---------------------------------
 
     def _close(self) -> None:
-        with self._cond:
+        with self._gate:
             if self._closed:
                 return
             self._closed = True
-            self._cond.notify_all()  # senders waiting for space now get "channel closed"
+            self._wake_senders(everyone=True)  # they now get "channel closed"
             with contextlib.suppress(pykka.ActorDeadError):
                 self._actor.tell(_DRAIN)
 
     def _take(self, request: _Request) -> bool:
-        """The actor dequeued `request`: free its mailbox slot; False if it needs no work."""
-        with self._cond:
+        """The actor dequeued `request`: free its mailbox slot; False if it needs no work
+        (answered already: withdrawn by its sender, or by the end)."""
+        with self._gate:
             self._queued -= 1
-            self._cond.notify()
-            if self._status is not AgentStatus.RUNNING:
-                return False  # answered by the end already
-            if request.future.set_running_or_notify_cancel():
-                return True
-            self._outstanding.discard(request)  # withdrawn by its sender
-            return False
+            self._wake_senders(everyone=False)
+            if request.state != _QUEUED:
+                return False
+            future = request.future
+            if future is not None and not future.set_running_or_notify_cancel():
+                request.state = _DONE  # its future was cancelled by its sender
+                self._outstanding.discard(request)
+                return False
+            request.state = _RUNNING
+            return True
 
     def _answer(
         self,
-        request: _Request | _ClearHistory,
+        request: _Reply,
         result: AgentResult | None = None,
         error: BaseException | None = None,
     ) -> None:
-        with self._cond:
+        """Answer `request` unless it was answered already (the first answer wins)."""
+        with self._gate:
+            if request.state == _DONE:
+                return
+            request.state = _DONE
+            request.value = result
+            request.error = error
             self._outstanding.discard(request)
             if self._failing is not None and self._failing[0] is request:
                 self._failing = None
-        _settle(request.future, result, error)
+        request.deliver()
+
+    def _abandon(self, request: _Request, error: AgentError) -> None:
+        """Its sender gives up on `request` (timeout, stream cancel): answer it with `error`
+        unless answered already. Not started: the actor skips it; running: the prompt stops
+        at its next boundary and its failure is not supervised."""
+        with self._gate:
+            if request.state == _DONE:
+                return
+            request.aborted = True
+            request.state = _DONE
+            request.error = error
+            self._outstanding.discard(request)
+            if self._failing is not None and self._failing[0] is request:
+                self._failing = None
+        request.deliver()
 
     def _supervising(self, failing: tuple[_Request, AgentError] | None) -> None:
         """Mark the request whose failure is being supervised: if the handle ends meanwhile,
         that request still gets its own error, not `Aborted`."""
-        with self._cond:
+        with self._gate:
             self._failing = failing
 
     def _end(
         self, status: AgentStatus, error: AgentError | None, last: AgentResult | None = None
     ) -> bool:
-        """End the handle once: settle the final future, answer what is left, stop the actor."""
-        with self._cond:
+        """End the handle once: answer what is left, settle the end, stop the actor."""
+        leftover_error = error if error is not None else _channel_closed()
+        with self._gate:
             if self._status is not AgentStatus.RUNNING:
                 return False
             self._status = status
@@ -531,22 +642,37 @@ class OrchestratedHandle:
             leftovers = list(self._outstanding)
             self._outstanding.clear()
             failing, self._failing = self._failing, None
-            self._cond.notify_all()
+            for request in leftovers:
+                request.state = _DONE
+                own = failing is not None and failing[0] is request
+                request.error = failing[1] if failing is not None and own else leftover_error
+            self._wake_senders(everyone=True)
+            self._ended_with = (last or _empty_result(), error)
+            final = self._final
         self._abort.set()
-        leftover_error = error if error is not None else _channel_closed()
         for request in leftovers:
-            if failing is not None and failing[0] is request:
-                _settle(request.future, error=failing[1])
-            else:
-                _settle(request.future, error=leftover_error)
-        _settle(self._final, last or _empty_result(), error)
-        log = self._log.warning if status is AgentStatus.FAILED else self._log.debug
-        log("agent {} ended: {}", self._name, status.name)
+            request.deliver()
+        if final is not None:
+            _settle(final, *self._ended_with)
+        log = logger.bind(agent=self._name)
+        (log.warning if status is AgentStatus.FAILED else log.debug)(
+            "agent {} ended: {}", self._name, status.name
+        )
         with contextlib.suppress(pykka.ActorDeadError):
             self._actor.stop(block=False)
         self._on_end(self)
         self._bus.emit(AgentStopped(self._name, status))
         return True
+
+    def _final_future(self) -> concurrent.futures.Future[AgentResult]:
+        """The future of the handle's end (made on first use)."""
+        with self._gate:
+            final = self._final
+            if final is None:
+                final = self._final = concurrent.futures.Future()
+                if self._ended_with is not None:
+                    _settle(final, *self._ended_with)
+            return final
 
     def _join(self, timeout: float) -> None:
         thread = self._published.thread
@@ -554,7 +680,11 @@ class OrchestratedHandle:
             thread.join(max(0.0, timeout))
 
     def _on_own_thread(self) -> bool:
-        return self._published.thread is threading.current_thread()
+        return self._published.ident == threading.get_ident()
+
+
+def _output_spec(output_type: object) -> OutputSpec | None:
+    return None if output_type is None else OutputSpec(output_type)
 
 
 def _user_text(text: object) -> AgentMessage:
@@ -602,7 +732,9 @@ class AgentStream:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
         self._deltas: queue.SimpleQueue[object] = queue.SimpleQueue()
-        request.future.add_done_callback(lambda _: self._deltas.put(_STREAM_END))
+        assert request.future is not None
+        self._future = request.future
+        self._future.add_done_callback(lambda _: self._deltas.put(_STREAM_END))
 
     def _push(self, delta: str) -> None:
         self._deltas.put(delta)
@@ -631,9 +763,7 @@ class AgentStream:
             left = max(0.0, self._deadline - time.monotonic())
             limit = left if limit is None else min(limit, left)
         try:
-            return self._request.future.result(limit)
-        except concurrent.futures.CancelledError:
-            raise Aborted("request cancelled") from None
+            return self._future.result(limit)
         except TimeoutError:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self.cancel()
@@ -643,22 +773,13 @@ class AgentStream:
 
     def cancel(self) -> None:
         """Abort the request; it is answered `Aborted` (unless it had finished already)."""
-        request = self._request
-        if request.abort is not None:
-            request.abort.set()
-        if request.future.cancel():  # not started yet: withdrawn
-            return
-        # Running: it stops at its next boundary; answer now, the first answer wins.
-        _settle(request.future, error=Aborted("request cancelled"))
+        # Not started: withdrawn; running: it stops at its next boundary. Answered now, unless
+        # it was answered already (the first answer wins).
+        self._handle._abandon(self._request, Aborted("request cancelled"))
 
     def __repr__(self) -> str:
-        state = "done" if self._request.future.done() else "running"
+        state = "done" if self._future.done() else "running"
         return f"<AgentStream agent={self._handle.name!r} {state}>"
-
-
-def _aborted_alone(request: _Request) -> bool:
-    """Whether the request was aborted by its own caller rather than by the agent's end."""
-    return request.abort is not None and request.abort.is_set()
 
 
 class _AgentActor(pykka.ThreadingActor):
@@ -695,19 +816,21 @@ class _AgentActor(pykka.ThreadingActor):
         self._options = options
         self._agent = self._new_agent(options)
         self._last_result: AgentResult | None = None
-        self._deferred: deque[object] = deque()
+        self._deferred: deque[object] | None = None  # made when first needed
         self._awaiting: int | None = None  # generation of the restart we wait for
         self._generation = 0
         self._recovering = False  # restarted, and no request served since
         self._supervised = False  # the supervisor holds state about us
 
     def on_start(self) -> None:
-        self._handle._published.thread = threading.current_thread()
+        published = self._handle._published
+        published.thread = threading.current_thread()
+        published.ident = threading.get_ident()
 
     def _new_agent(self, options: AgentOptions) -> Agent:
         """A fresh agent for the session-less conversation, published to the handle."""
         options = self._prepare(options, f"agent:{self._name}")
-        agent = Agent(options, abort_event=self._handle._abort, on_event=self._supervision.publish)
+        agent = Agent(options, abort_event=self._handle._abort, on_event=self._supervision.bus)
         published = self._handle._published
         published.agent = agent
         published.history_limit = options.history_limit
@@ -727,7 +850,7 @@ class _AgentActor(pykka.ThreadingActor):
             options,
             abort_event=self._handle._abort,
             history=history,
-            on_event=self._supervision.publish,
+            on_event=self._supervision.bus,
         )
         agents[session] = agent
         if len(agents) > _SESSION_CACHE_SIZE:
@@ -736,7 +859,10 @@ class _AgentActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         try:
-            self._dispatch(message)
+            if type(message) is _Request and self._awaiting is None:
+                self._serve(message)  # the common case, first
+            else:
+                self._dispatch(message)
         except BaseException as err:  # a bug must not reach Pykka (it would stop_all)
             logger.opt(exception=True).error("agent actor {} crashed", self._name)
             self._end(
@@ -748,6 +874,8 @@ class _AgentActor(pykka.ThreadingActor):
             if message.generation == self._awaiting:
                 self._resume()
         elif self._awaiting is not None:
+            if self._deferred is None:
+                self._deferred = deque()
             self._deferred.append(message)
             if message is _DRAIN:
                 self._resume()  # ending: restart now, serve what is queued, never wait it out
@@ -802,15 +930,17 @@ class _AgentActor(pykka.ThreadingActor):
 
     def _serve_request(self, request: _Request) -> None:
         handle = self._handle
+        session = request.session
         try:
-            result = self._agent_for(request.session).prompt(
+            agent = self._agent if session is None else self._agent_for(session)
+            result = agent.run_checked(
                 request.messages,
-                output_type=request.output,
-                on_text_delta=request.on_delta,
-                abort=request.abort,
+                request.output,
+                request.on_delta,
+                request if request.abortable else None,
             )
         except (StructuredOutputFailed, Aborted) as err:
-            if isinstance(err, StructuredOutputFailed) or _aborted_alone(request):
+            if isinstance(err, StructuredOutputFailed) or request.aborted:
                 # The caller's business (a reply that never validated, a cancelled stream, a
                 # send that timed out), not a failure of the agent: no supervision.
                 handle._answer(request, error=err)
@@ -823,8 +953,8 @@ class _AgentActor(pykka.ThreadingActor):
         except BaseException as err:  # contained: never let anything reach Pykka
             self._failed(request, StreamError(err))
             return
-        if request.session is not None:
-            self._sessions.append(self._name, request.session, result.messages)
+        if session is not None:
+            self._sessions.append(self._name, session, result.messages)
         self._last_result = result
         self._recovering = False
         handle._answer(request, result)
@@ -857,15 +987,11 @@ class _AgentActor(pykka.ThreadingActor):
                 self._resume()
         elif decision.action is SupervisorAction.ESCALATE:
             handle._answer(request, error=error)
-        else:
-            handle._supervising(None)
-            with handle._cond:
-                handle._outstanding.discard(request)
+        else:  # stopped: the end answers the failed request with its own error
             self._end(
                 AgentStatus.FAILED,
                 PluginError(_ORCHESTRATOR, f"agent '{self._name}' stopped by supervisor"),
             )
-            _settle(request.future, error=error)
 
     def _end(self, status: AgentStatus, error: AgentError | None) -> None:
         self._handle._end(status, error, self._last_result)
@@ -1207,7 +1333,7 @@ class AgentOrchestrator:
             if handle._on_own_thread():
                 continue
             try:
-                handle._final.result(max(0.0, deadline - time.monotonic()))
+                handle._final_future().result(max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 handle._end(AgentStatus.CANCELLED, Aborted("orchestrator shut down"))
             except AgentError:
