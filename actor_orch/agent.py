@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 from actor_orch import _trace
 from actor_orch.errors import Aborted, AgentError, PluginError, StreamError, StructuredOutputFailed
@@ -191,7 +195,9 @@ def build_options(name: str, factory: OptionsFactory) -> AgentOptions:
             "expected AgentOptions",
         )
     if options.name is None:
-        options = options.replace(name=name)
+        # Validated already (and frozen): a shallow copy with the name, not a revalidation.
+        options = copy.copy(options)
+        object.__setattr__(options, "name", name)
     return options
 
 
@@ -248,9 +254,12 @@ class Agent:
         self._owns_abort = abort_event is None
         self._running = threading.Lock()
         self._prompt_abort: AbortSignal | None = None
-        self._log = logger.bind(agent=options.name or "agent")
         # The model's own settings, read once: they sit under the agent's and the call's.
         self._settings = merge_settings(_model_settings(options.model), options.settings)
+
+    @property
+    def _log(self) -> Logger:
+        return logger.bind(agent=self._name)
 
     @property
     def messages(self) -> list[AgentMessage]:

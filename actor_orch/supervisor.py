@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import enum
@@ -217,8 +216,29 @@ class _Failed:
     budget: int
     within: float | None
     recovered: bool  # the child served a request since its last failure
-    # A stdlib Future rather than Pykka's ask: its reply costs a third of the time.
-    reply: concurrent.futures.Future[Decision]
+    reply: _DecisionReply
+
+
+class _DecisionReply:
+    """The supervisor's answer to one `_Failed`: a pre-acquired lock the child waits on (a
+    tenth of the cost of Pykka's ask, a third of a stdlib Future's)."""
+
+    __slots__ = ("_latch", "decision")
+
+    def __init__(self) -> None:
+        self.decision: Decision | None = None
+        self._latch = threading.Lock()
+        self._latch.acquire()
+
+    def set(self, decision: Decision) -> None:
+        self.decision = decision
+        self._latch.release()
+
+    def get(self, timeout: float) -> Decision:
+        if not self._latch.acquire(True, timeout):
+            raise TimeoutError
+        assert self.decision is not None
+        return self.decision
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -253,8 +273,8 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, _Failed):
-            message.reply.set_result(self._decide(message))
-        if isinstance(message, _Schedule):
+            message.reply.set(self._decide(message))
+        elif isinstance(message, _Schedule):
             self._schedule(message)
         elif isinstance(message, _Forget):
             record = self._children.pop(message.child, None)
@@ -353,7 +373,7 @@ class Supervision:
         decision = self._budget(child, action, budget, getattr(policy, "within", None), recovered)
         if decision.action is SupervisorAction.RESTART:
             delay = restart_delay(policy, name, decision.attempt, error)
-            decision = dataclasses.replace(decision, delay=delay)
+            decision = Decision(decision.action, decision.attempt, delay)
         log = logger.bind(agent=name)
         if decision.action is SupervisorAction.RESTART:
             log.warning(
@@ -368,9 +388,10 @@ class Supervision:
             log.warning("agent {} failed ({}); stopping it", name, error)
         else:
             log.debug("agent {} failed ({}); escalated to the caller", name, error)
-        self.publish(_events.AgentFailed(name, str(error), decision.action), events)
-        if decision.action is SupervisorAction.RESTART:
-            self.publish(_events.AgentRestarted(name, decision.attempt), events)
+        if events is not None or self.bus.live:
+            self.publish(_events.AgentFailed(name, str(error), decision.action), events)
+            if decision.action is SupervisorAction.RESTART:
+                self.publish(_events.AgentRestarted(name, decision.attempt), events)
         return decision
 
     def _budget(
@@ -382,10 +403,10 @@ class Supervision:
         ref = self._ref()
         if ref is None:  # shut down: no more restarts
             return Decision(SupervisorAction.STOP)
-        reply: concurrent.futures.Future[Decision] = concurrent.futures.Future()
+        reply = _DecisionReply()
         try:
             ref.tell(_Failed(child, action, budget, window, recovered, reply))
-            return reply.result(_ASK_TIMEOUT_S)
+            return reply.get(_ASK_TIMEOUT_S)
         except (pykka.ActorDeadError, TimeoutError):
             return Decision(SupervisorAction.STOP)
 
