@@ -7,8 +7,7 @@ are installed by `actor_orch.otel`; this module imports nothing from OpenTelemet
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from actor_orch.types import AssistantMessage
@@ -17,7 +16,11 @@ __all__ = ["HOOKS", "TraceHooks", "install"]
 
 
 class TraceHooks(Protocol):
-    """What a tracer provides to the runtime (see `actor_orch.otel`)."""
+    """What a tracer provides to the runtime (see `actor_orch.otel`).
+
+    A span is started by a `start_*` method, which also makes it current on this thread, and
+    ended, on the same thread, by `end` (or `end_chat`) with the scope it returned.
+    """
 
     def capture(self) -> object:
         """The caller's tracing context, to carry to the thread that does the work."""
@@ -29,25 +32,34 @@ class TraceHooks(Protocol):
 
     def detach(self, token: object) -> None: ...
 
-    def agent(
-        self, agent: str, *, session: str | None = None, task_id: str | None = None
-    ) -> AbstractContextManager[Any]:
-        """The `invoke_agent {agent}` span of one request or one step."""
+    def start_agent(
+        self,
+        agent: str,
+        *,
+        session: str | None = None,
+        task_id: str | None = None,
+        parent: object = None,
+    ) -> object:
+        """Start the `invoke_agent {agent}` span of one request or one step, under `parent`
+        (a context from `capture`; None: this thread's current one)."""
         ...
 
-    def chat(self, model: str) -> AbstractContextManager[Any]:
-        """The `chat {model}` span of one model call."""
+    def start_chat(self, model: str) -> object:
+        """Start the `chat {model}` span of one model call."""
         ...
 
-    def chat_result(self, span: Any, reply: AssistantMessage) -> None:
-        """Record a model call's usage and finish reason on its span."""
+    def start_tool(self, tool: str, call_id: str) -> object:
+        """Start the `execute_tool {tool}` span of one tool call."""
         ...
 
-    def tool(self, tool: str, call_id: str) -> AbstractContextManager[Any]:
-        """The `execute_tool {tool}` span of one tool call."""
+    def end_chat(self, scope: object, reply: AssistantMessage) -> None:
+        """End a `chat` span, recording the call's usage and finish reason."""
         ...
 
-    def tool_result(self, span: Any, is_error: bool) -> None: ...
+    def end(self, scope: object, error: BaseException | str | None = None) -> None:
+        """End a span; `error` marks it failed: an exception, or the `error.type` of a
+        failure that is not one (`"tool_error"`, `"step_failed"`)."""
+        ...
 
 
 HOOKS: TraceHooks | None = None

@@ -528,35 +528,31 @@ class Agent:
     ) -> AssistantMessage:
         """`_call_model`, reported as a `ModelCallFinished` event and a `chat` span."""
         hooks = _trace.HOOKS
-        if hooks is None and not _listening(self._on_event):
+        listening = _listening(self._on_event)
+        if hooks is None and not listening:
             return self._call_model(request, on_text_delta)
         started = time.monotonic()
-        span_cm = None if hooks is None else hooks.chat(_model_name(self.options.model))
-        span = None if span_cm is None else span_cm.__enter__()
+        scope = None if hooks is None else hooks.start_chat(_model_name(self.options.model))
         try:
             reply = self._call_model(request, on_text_delta)
         except BaseException as err:
-            if span_cm is not None:
-                span_cm.__exit__(type(err), err, err.__traceback__)
+            if hooks is not None:
+                hooks.end(scope, err)
+            if listening:
+                duration = time.monotonic() - started
+                self._emit(
+                    ModelCallFinished(self._name, self._task_id, duration, Usage(), None, str(err))
+                )
+            raise
+        if hooks is not None:
+            hooks.end_chat(scope, reply)
+        if listening:
+            duration = time.monotonic() - started
             self._emit(
                 ModelCallFinished(
-                    self._name, self._task_id, time.monotonic() - started, Usage(), None, str(err)
+                    self._name, self._task_id, duration, reply.usage, reply.stop_reason
                 )
             )
-            raise
-        if span_cm is not None:
-            assert hooks is not None
-            hooks.chat_result(span, reply)
-            span_cm.__exit__(None, None, None)
-        self._emit(
-            ModelCallFinished(
-                self._name,
-                self._task_id,
-                time.monotonic() - started,
-                reply.usage,
-                reply.stop_reason,
-            )
-        )
         return reply
 
     def _emit(self, event: Event) -> None:
@@ -570,20 +566,25 @@ class Agent:
     def _observed_tool(self, call: ToolCall) -> ToolResultMessage:
         """`_run_tool`, reported as a `ToolCallFinished` event and an `execute_tool` span."""
         hooks = _trace.HOOKS
-        if hooks is None and not _listening(self._on_event):
+        listening = _listening(self._on_event)
+        if hooks is None and not listening:
             return self._run_tool(call)
         started = time.monotonic()
         if hooks is None:
             result = self._run_tool(call)
         else:
-            with hooks.tool(call.name, call.id) as span:
+            scope = hooks.start_tool(call.name, call.id)
+            try:
                 result = self._run_tool(call)
-                hooks.tool_result(span, result.is_error)
-        self._emit(
-            ToolCallFinished(
-                self._name, self._task_id, call.name, time.monotonic() - started, result.is_error
+            except BaseException as err:
+                hooks.end(scope, err)
+                raise
+            hooks.end(scope, "tool_error" if result.is_error else None)
+        if listening:
+            duration = time.monotonic() - started
+            self._emit(
+                ToolCallFinished(self._name, self._task_id, call.name, duration, result.is_error)
             )
-        )
         return result
 
     def _run_tools(self, calls: list[ToolCall]) -> list[ToolResultMessage]:

@@ -911,25 +911,29 @@ class _AgentActor(pykka.ThreadingActor):
             self._dispatch(self._deferred.popleft())
 
     def _serve(self, request: _Request) -> None:
-        handle = self._handle
-        if not handle._take(request):
+        if not self._handle._take(request):
             return
         hooks = _trace.HOOKS
-        if hooks is not None:
-            self._serve_traced(hooks, request)
+        if hooks is None:
+            result, error = self._prompt(request)
+        else:  # the span ends before the answer: a caller sees it finished
+            scope = hooks.start_agent(self._name, session=request.session, parent=request.trace)
+            result, error = self._prompt(request)
+            hooks.end(scope, error)
+        if error is None:
+            assert result is not None
+            self._served(request, result)
+        elif isinstance(error, StructuredOutputFailed) or (
+            isinstance(error, Aborted) and request.aborted
+        ):
+            # The caller's business (a reply that never validated, a cancelled stream, a send
+            # that timed out), not a failure of the agent: no supervision.
+            self._handle._answer(request, error=error)
         else:
-            self._serve_request(request)
+            self._failed(request, error if isinstance(error, AgentError) else StreamError(error))
 
-    def _serve_traced(self, hooks: _trace.TraceHooks, request: _Request) -> None:
-        token = hooks.attach(request.trace)
-        try:
-            with hooks.agent(self._name, session=request.session):
-                self._serve_request(request)
-        finally:
-            hooks.detach(token)
-
-    def _serve_request(self, request: _Request) -> None:
-        handle = self._handle
+    def _prompt(self, request: _Request) -> tuple[AgentResult | None, BaseException | None]:
+        """Run the request's prompt; whatever it raises is returned, never raised."""
         session = request.session
         try:
             agent = self._agent if session is None else self._agent_for(session)
@@ -939,25 +943,16 @@ class _AgentActor(pykka.ThreadingActor):
                 request.on_delta,
                 request if request.abortable else None,
             )
-        except (StructuredOutputFailed, Aborted) as err:
-            if isinstance(err, StructuredOutputFailed) or request.aborted:
-                # The caller's business (a reply that never validated, a cancelled stream, a
-                # send that timed out), not a failure of the agent: no supervision.
-                handle._answer(request, error=err)
-            else:
-                self._failed(request, err)
-            return
-        except AgentError as err:
-            self._failed(request, err)
-            return
         except BaseException as err:  # contained: never let anything reach Pykka
-            self._failed(request, StreamError(err))
-            return
-        if session is not None:
-            self._sessions.append(self._name, session, result.messages)
+            return None, err
+        return result, None
+
+    def _served(self, request: _Request, result: AgentResult) -> None:
+        if request.session is not None:
+            self._sessions.append(self._name, request.session, result.messages)
         self._last_result = result
         self._recovering = False
-        handle._answer(request, result)
+        self._handle._answer(request, result)
 
     def _failed(self, request: _Request, error: AgentError) -> None:
         handle = self._handle

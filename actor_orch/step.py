@@ -61,10 +61,8 @@ def run_step(
     usage = Usage()
     child = object()  # this step's identity for the supervisor
     hooks = _trace.HOOKS
-    span = None if hooks is None else hooks.agent(spec.agent, task_id=spec.task_id)
+    scope = None if hooks is None else hooks.start_agent(spec.agent, task_id=spec.task_id)
     try:
-        if span is not None:
-            span.__enter__()
         outcome, usage = _run(
             spec,
             factory=factory,
@@ -80,8 +78,8 @@ def run_step(
         outcome = StepOutcome.failed(spec.task_id, spec.agent, f"{type(err).__name__}: {err}")
     finally:
         supervision.forget(child)
-        if span is not None:
-            span.__exit__(None, None, None)
+    if hooks is not None:
+        hooks.end(scope, None if outcome.success else "step_failed")
     duration = time.monotonic() - started
     outcome.usage = usage
     outcome.duration_s = duration

@@ -17,7 +17,7 @@ affinity is restored afterwards. `--no-pin` turns that off. A peer library that 
 installed (`pip install -e '.[bench]'`) gives a row "skipped: NAME not installed".
 
 Figures (the names `--only` takes): roundtrip, per_request, http, fanout, waves, restart,
-spawn, history, resume, ray.
+otel, spawn, history, resume, ray.
 """
 
 from __future__ import annotations
@@ -418,6 +418,82 @@ def fig_restart(s: Settings) -> list[Row]:
     ]
 
 
+def fig_otel(s: Settings) -> list[Row]:
+    figure = "send_message round trip with instrument() on / off"
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        from actor_orch import _trace
+        from actor_orch.otel import _OtelHooks, instrument, uninstrument
+    except ImportError:
+        note = "skipped: OpenTelemetry SDK not installed"
+        return [skipped(figure, "us/request", note, 1.3, "<=")]
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    class SpansOnly(_OtelHooks):
+        """The floor: the same spans started and ended in the same places, nothing else (no
+        context made current, no attributes recorded at the end)."""
+
+        def _start(self, name: str, kind: Any, attributes: Any, parent: object = None) -> Any:
+            return self._tracer.start_span(name, parent, kind, attributes)  # type: ignore[arg-type]
+
+        def end_chat(self, scope: Any, reply: Any) -> None:
+            scope.end()
+
+        def end(self, scope: Any, error: object = None) -> None:
+            scope.end()
+
+    provider = TracerProvider()  # what an application has: a batch processor and an exporter
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    n = 300 if s.quick else 3000
+
+    def round_trip() -> float:
+        return bench_orchestrator.orchestrated(n) * 1e6
+
+    def traced() -> float:
+        instrument(tracer_provider=provider)
+        try:
+            return round_trip()
+        finally:
+            uninstrument()
+
+    def spans_only() -> float:
+        _trace.install(SpansOnly(provider.get_tracer("floor")))
+        try:
+            return round_trip()
+        finally:
+            _trace.install(None)
+
+    with pinned(s.pin) as pin:
+        traced()  # warm-up
+        pairs = side_by_side(s.rounds, traced, round_trip)
+        floor = side_by_side(s.rounds, spans_only, round_trip)
+    provider.shutdown()
+    floor_ratio = statistics.median(ours / base for ours, base in floor)
+    return [
+        measured(
+            figure,
+            pairs,
+            target=1.3,
+            compare="<=",
+            unit="us/request",
+            notes="SDK TracerProvider + BatchSpanProcessor, exporter drops; two spans a "
+            "request (invoke_agent, chat); the floor, the SDK starting and ending the same "
+            f"spans in the same round trip and nothing else: {floor_ratio:.2f}; off costs "
+            "one attribute read per request and model call (the roundtrip figure runs with "
+            f"it off); {pin}",
+        )
+    ]
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -656,6 +732,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "fanout": fig_fanout,
     "waves": fig_waves,
     "restart": fig_restart,
+    "otel": fig_otel,
     "spawn": fig_spawn,
     "history": fig_history,
     "resume": fig_resume,

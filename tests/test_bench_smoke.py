@@ -18,7 +18,7 @@ def test_quick_bench_writes_one_row_per_figure_with_every_field(tmp_path: Path) 
     result = subprocess.run(
         [
             *(sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--rounds", "2"),
-            *("--only", "roundtrip,fanout,waves,history", "--json", str(out)),
+            *("--only", "roundtrip,fanout,waves,history,otel", "--json", str(out)),
         ],
         capture_output=True,
         text=True,
@@ -30,7 +30,7 @@ def test_quick_bench_writes_one_row_per_figure_with_every_field(tmp_path: Path) 
     report = json.loads(out.read_text())
     assert report["quick"] is True
     rows = report["figures"]
-    assert len(rows) == 4
+    assert len(rows) == 5
     for row in rows:
         assert set(row) == FIELDS
         assert isinstance(row["figure"], str) and row["figure"] in result.stdout

@@ -130,6 +130,44 @@ def test_a_failed_model_call_is_an_error_span(
     assert chat.attributes["error.type"] == "AuthError"
 
 
+def test_a_request_span_has_ended_when_send_message_returns(
+    spans: tuple[InMemorySpanExporter, trace.Tracer],
+) -> None:
+    exporter, _ = spans
+    with AgentOrchestrator() as orch:
+        orch.add_agent("echo", lambda: AgentOptions(ao.EchoModel()))
+        handle = orch.spawn("echo")
+        for text in ("one", "two", "three"):
+            handle.send_message(text, timeout=WAIT)
+            # No shutdown, no wait: the span is exported before the caller is answered.
+            assert (
+                len(by_name(exporter)["invoke_agent echo"])
+                == ("one", "two", "three").index(text) + 1
+            )
+
+
+def test_a_failed_request_and_a_failed_step_are_error_spans(
+    spans: tuple[InMemorySpanExporter, trace.Tracer],
+) -> None:
+    exporter, _ = spans
+    orch = AgentOrchestrator()
+    orch.add_agent("bad", lambda: AgentOptions(ao.ScriptedModel([ao.AuthError("no")])))
+    with pytest.raises(ao.AuthError):
+        orch.spawn("bad").send_message("x", timeout=WAIT)
+    with ao.LocalExecutor(orch) as executor:
+        [outcome] = ao.execute_steps_parallel(executor, [ao.AgentStepSpec("t1", "bad", "", "x")])
+    orch.shutdown()
+    assert not outcome.success
+    request, step = sorted(
+        by_name(exporter)["invoke_agent bad"],
+        key=lambda span: "actor_orch.task_id" in (span.attributes or {}),
+    )
+    assert request.status.status_code is trace.StatusCode.ERROR
+    assert request.attributes is not None and request.attributes["error.type"] == "AuthError"
+    assert step.status.status_code is trace.StatusCode.ERROR
+    assert step.attributes is not None and step.attributes["error.type"] == "step_failed"
+
+
 def test_uninstrument_stops_the_spans() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
