@@ -661,7 +661,8 @@ class OrchestratedHandle:
         with contextlib.suppress(pykka.ActorDeadError):
             self._actor.stop(block=False)
         self._on_end(self)
-        self._bus.emit(AgentStopped(self._name, status))
+        if self._bus.live:
+            self._bus.emit(AgentStopped(self._name, status))
         return True
 
     def _final_future(self) -> concurrent.futures.Future[AgentResult]:
@@ -1260,7 +1261,8 @@ class AgentOrchestrator:
             )
             self._handles[id(handle)] = handle
         logger.bind(agent=name).debug("spawned agent {}", name)
-        self._bus.emit(AgentSpawned(name))
+        if self._bus.live:
+            self._bus.emit(AgentSpawned(name))
         return handle
 
     def running(self) -> list[OrchestratedHandle]:
