@@ -528,7 +528,10 @@ class OrchestratedHandle:
             if self._closed:
                 raise _channel_closed()
             # Told under the gate, so a request can never land behind the drain marker.
-            self._tell_locked(request)
+            try:
+                self._actor.tell(request)
+            except pykka.ActorDeadError:  # the actor died and is still reporting it
+                raise _channel_closed() from None
             self._queued += 1
             self._outstanding.add(request)
 
@@ -579,7 +582,8 @@ class OrchestratedHandle:
         (answered already: withdrawn by its sender, or by the end)."""
         with self._gate:
             self._queued -= 1
-            self._wake_senders(everyone=False)
+            if self._space_waiters:
+                self._wake_senders(everyone=False)
             if request.state != _QUEUED:
                 return False
             future = request.future

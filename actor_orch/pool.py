@@ -30,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import itertools
 import threading
 import time
 from collections import deque
@@ -77,18 +78,17 @@ class Failure:
 class _Latch:
     """Counts the unfinished items of one `map` call; its event is set when none is left."""
 
-    __slots__ = ("_count", "_lock", "done")
+    __slots__ = ("_count", "_finished", "done")
 
     def __init__(self, count: int) -> None:
         self._count = count
-        self._lock = threading.Lock()
+        # `next()` on an `itertools.count` is one atomic C call: no lock per item.
+        self._finished = itertools.count(1)
         self.done = threading.Event()
 
     def count_down(self) -> None:
-        with self._lock:
-            self._count -= 1
-            if self._count == 0:
-                self.done.set()
+        if next(self._finished) == self._count:
+            self.done.set()
 
 
 _UNSET: Any = object()
@@ -128,7 +128,11 @@ class _Item(Generic[T, R]):
             value: R | Failure = self.fn(self.arg)
         except BaseException as exc:  # an item may raise anything; it is its answer
             value = Failure(exc)
-        self._answer(value)
+        self.value = value
+        if self.future is not None:
+            self.future.set_result(value)
+        if self.latch is not None:
+            self.latch.count_down()
 
     def withdraw(self, answer: Failure) -> bool:
         """Answer the item with `answer` if nobody claimed it yet; True if it was withdrawn."""

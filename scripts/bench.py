@@ -111,15 +111,24 @@ def skipped(figure: str, unit: str, note: str, target: float | None, compare: st
 def side_by_side(
     rounds: int, ours: Callable[[], float], baseline: Callable[[], float]
 ) -> list[tuple[float, float]]:
-    """`rounds` pairs (ours, baseline), the order alternating so neither always goes first."""
+    """`rounds` pairs (ours, baseline), the order alternating so neither always goes first.
+
+    The cyclic garbage collector runs before each measurement, outside it: otherwise what one
+    left behind (a finished agent and its long history) is collected during the next one.
+    """
+
+    def measure(run: Callable[[], float]) -> float:
+        gc.collect()
+        return run()
+
     pairs = []
     for round_ in range(rounds):
         if round_ % 2:
-            base = baseline()
-            mine = ours()
+            base = measure(baseline)
+            mine = measure(ours)
         else:
-            mine = ours()
-            base = baseline()
+            mine = measure(ours)
+            base = measure(baseline)
         pairs.append((mine, base))
     return pairs
 
