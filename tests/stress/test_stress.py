@@ -22,6 +22,7 @@ import pytest
 
 import actor_orch as ao
 from actor_orch import AgentOptions, AgentOrchestrator, DefaultSupervisor
+from actor_orch.types import text_of
 
 WAIT = 30.0
 
@@ -269,6 +270,54 @@ def test_streams_cancelled_mid_reply_are_answered_once_and_the_agent_keeps_servi
         assert handle.restarts == 0
         stream = handle.stream_message("go", timeout=WAIT)
         assert "".join(stream) == stream.result(WAIT).text
+
+
+def test_synchronous_sends_with_timeouts_racing_their_answers_never_hang_or_leak_a_slot() -> None:
+    """Eight threads send synchronously with timeouts about as long as a reply takes, into a
+    mailbox of four: every call returns or raises `RequestTimeout`, no slot of the mailbox is
+    lost (the agent serves afterwards), and every reply a caller got is in the history."""
+    rng = random.Random(11)
+    rng_lock = threading.Lock()
+
+    def jitter() -> float:
+        with rng_lock:
+            return rng.random() * 0.002
+
+    def echo_slowly(request: ao.ModelRequest) -> str:
+        time.sleep(jitter())
+        last = request.messages[-1]
+        assert isinstance(last, ao.UserMessage)
+        return text_of(last.content)
+
+    answered: list[str] = []
+    timed_out = [0]
+    lock = threading.Lock()
+    with AgentOrchestrator(supervisor=DefaultSupervisor(), channel_buffer=4) as orch:
+        orch.add_agent("a", lambda: AgentOptions(ao.FunctionModel(echo_slowly), retry=None))
+        handle = orch.spawn("a")
+
+        def sender(k: int) -> None:
+            for i in range(100):
+                text = f"{k}-{i}"
+                try:
+                    result = handle.send_message(text, timeout=jitter() + 0.0005)
+                except ao.RequestTimeout:
+                    with lock:
+                        timed_out[0] += 1
+                    continue
+                assert result.text == text
+                with lock:
+                    answered.append(text)
+
+        run_threads(8, sender)
+        assert len(answered) + timed_out[0] == 800
+        assert timed_out[0] > 0  # the race this is about did happen
+        assert handle.send_message("final", timeout=WAIT).text == "final"
+        assert handle.status() is ao.AgentStatus.RUNNING and handle.restarts == 0
+        in_history = {
+            text_of(m.content) for m in handle.history() if isinstance(m, ao.AssistantMessage)
+        }
+        assert set(answered) <= in_history
 
 
 def test_sessions_written_from_two_processes_lose_no_message(tmp_path: Path) -> None:
