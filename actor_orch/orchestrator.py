@@ -811,8 +811,13 @@ class _AgentActor(pykka.ThreadingActor):
         self._handle = handle
         self._prepare = prepare  # adds what the orchestrator gives agents (the delegate tool)
         self._sessions = sessions
-        # Named sessions being served, most recently used last; the store has them all.
-        self._session_agents: OrderedDict[str, Agent] = OrderedDict()
+        # Named sessions being served, most recently used last, each with the store's version
+        # of it as this agent last saw it; the store has them all.
+        self._session_agents: OrderedDict[str, tuple[Agent, object]] = OrderedDict()
+        version = getattr(sessions, "version", None)
+        self._session_version: Callable[[str, str], object] | None = (
+            version if callable(version) else None
+        )
         self._name = handle.name
         self._factory = factory
         self._supervision = supervision
@@ -845,10 +850,13 @@ class _AgentActor(pykka.ThreadingActor):
         if session is None:
             return self._agent
         agents = self._session_agents
-        agent = agents.get(session)
-        if agent is not None:
+        known = agents.get(session)
+        # A store with versions tells whether another handle or process added to the session
+        # since this agent last saw it: then the session is loaded again.
+        version = self._version(session)
+        if known is not None and (self._session_version is None or known[1] == version):
             agents.move_to_end(session)
-            return agent
+            return known[0]
         options = self._prepare(self._options, f"agent:{self._name}:{session}")
         history = self._sessions.load(self._name, session, options.history_limit)
         agent = Agent(
@@ -857,10 +865,22 @@ class _AgentActor(pykka.ThreadingActor):
             history=history,
             on_event=self._supervision.bus,
         )
-        agents[session] = agent
+        agents[session] = (agent, version)
+        agents.move_to_end(session)
         if len(agents) > _SESSION_CACHE_SIZE:
             agents.popitem(last=False)  # the store keeps it; it is loaded again when needed
         return agent
+
+    def _version(self, session: str) -> object:
+        """The store's version of `session`; one that never matches when it cannot be had."""
+        version_of = self._session_version
+        if version_of is None:
+            return None
+        try:
+            return version_of(self._name, session)
+        except BaseException:  # a user's store: contained, and the session is read again
+            logger.opt(exception=True).warning("session store version() failed")
+            return object()
 
     def on_receive(self, message: Any) -> None:
         try:
@@ -953,8 +973,12 @@ class _AgentActor(pykka.ThreadingActor):
         return result, None
 
     def _served(self, request: _Request, result: AgentResult) -> None:
-        if request.session is not None:
-            self._sessions.append(self._name, request.session, result.messages)
+        session = request.session
+        if session is not None:
+            self._sessions.append(self._name, session, result.messages)
+            known = self._session_agents.get(session)
+            if self._session_version is not None and known is not None:  # our turn: no reload
+                self._session_agents[session] = (known[0], self._version(session))
         self._last_result = result
         self._recovering = False
         self._handle._answer(request, result)

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -60,6 +61,11 @@ class SessionStore(Protocol):
         ...
 
 
+# A store may also have `version(agent, session) -> object`: a token that changes whenever the
+# session does (equal tokens: nothing changed). With it, an agent that keeps a session loaded
+# notices turns another handle or process added and reads the session again.
+
+
 class MemorySessionStore:
     """Sessions in this process's memory; the orchestrator's default.
 
@@ -78,14 +84,21 @@ class MemorySessionStore:
         self._max = max_messages
         self._lock = threading.Lock()
         self._sessions: dict[tuple[str, str], list[AgentMessage]] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self._changes = itertools.count(1)
 
     def load(self, agent: str, session: str, limit: int | None = None) -> list[AgentMessage]:
         with self._lock:
             messages = list(self._sessions.get((agent, session), ()))
         return trim_history(messages, limit)
 
+    def version(self, agent: str, session: str) -> int:
+        """Changes whenever the session does (0: absent)."""
+        return self._versions.get((agent, session), 0)
+
     def append(self, agent: str, session: str, messages: Sequence[AgentMessage]) -> None:
         with self._lock:
+            self._versions[(agent, session)] = next(self._changes)
             kept = self._sessions.setdefault((agent, session), [])
             kept.extend(messages)
             if self._max is not None and len(kept) > self._max:
@@ -94,6 +107,7 @@ class MemorySessionStore:
     def clear(self, agent: str, session: str) -> None:
         with self._lock:
             self._sessions.pop((agent, session), None)
+            self._versions.pop((agent, session), None)
 
     def __repr__(self) -> str:
         return f"MemorySessionStore(sessions={len(self._sessions)})"
@@ -213,6 +227,23 @@ class SqliteSessionStore:
                 return []
         newest_first.reverse()
         return trim_history(newest_first, limit)
+
+    def version(self, agent: str, session: str) -> int | None:
+        """Changes whenever the session does: the newest row's number (rows are numbered
+        from one counter that never goes back), None when absent or unreadable."""
+        with self._lock:
+            conn = self._connect()
+            if conn is None:
+                return None
+            try:
+                row = conn.execute(
+                    "SELECT max(seq) FROM session_messages WHERE agent = ? AND session = ?",
+                    (agent, session),
+                ).fetchone()
+            except sqlite3.Error as err:
+                logger.warning("session store {}: cannot read ({})", self.path, err)
+                return None
+        return None if row is None else row[0]
 
     def _decode(self, body: bytes, agent: str, session: str) -> AgentMessage | None:
         try:

@@ -221,6 +221,51 @@ def test_sqlite_sessions_are_shared_by_two_orchestrators_on_one_file(tmp_path: P
     reopened.close()
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_a_session_served_by_two_handles_in_turn_sees_every_turn(
+    store: str, tmp_path: Path
+) -> None:
+    # Two handles of one agent (one orchestrator, one store), or two orchestrators on one file
+    # (as two processes would be): each turn sees the turns the other handle served before it.
+    if store == "memory":
+        shared = ao.MemorySessionStore()
+        orchestrators = [ao.AgentOrchestrator(sessions=shared)]
+    else:
+        path = tmp_path / "sessions.db"
+        orchestrators = [
+            ao.AgentOrchestrator(sessions=ao.SqliteSessionStore(path)) for _ in range(2)
+        ]
+    try:
+        for orchestrator in orchestrators:
+            orchestrator.add_agent(
+                "chat", lambda: ao.AgentOptions(ao.FunctionModel(conversation_echo))
+            )
+        one = orchestrators[0].spawn("chat")
+        two = orchestrators[-1].spawn("chat")
+        assert one.send_message("a", timeout=WAIT_S, session="u").text == "a"
+        assert two.send_message("b", timeout=WAIT_S, session="u").text == "a | b"
+        assert one.send_message("c", timeout=WAIT_S, session="u").text == "a | b | c"
+        assert one.send_message("d", timeout=WAIT_S, session="u").text == "a | b | c | d"
+        two.clear_history("u", timeout=WAIT_S)
+        assert one.send_message("e", timeout=WAIT_S, session="u").text == "e"
+    finally:
+        for orchestrator in orchestrators:
+            orchestrator.shutdown(timeout=5.0)
+
+
+def test_a_store_whose_version_raises_still_serves_its_sessions() -> None:
+    class Flaky(ao.MemorySessionStore):
+        def version(self, agent: str, session: str) -> int:
+            raise RuntimeError("version unavailable")
+
+    with ao.AgentOrchestrator(sessions=Flaky()) as orchestrator:
+        orchestrator.add_agent("chat", lambda: ao.AgentOptions(ao.FunctionModel(conversation_echo)))
+        handle = orchestrator.spawn("chat")
+        assert handle.send_message("a", timeout=WAIT_S, session="u").text == "a"
+        assert handle.send_message("b", timeout=WAIT_S, session="u").text == "a | b"
+        assert handle.status() is ao.AgentStatus.RUNNING
+
+
 def test_a_sqlite_session_written_by_another_process_is_continued_here(tmp_path: Path) -> None:
     path = tmp_path / "sessions.db"
     script = textwrap.dedent(
