@@ -31,6 +31,7 @@ import pykka
 from loguru import logger
 
 from actor_orch import _trace
+from actor_orch._latch import OneShot
 from actor_orch.agent import Agent, AgentOptions, OptionsFactory, build_options
 from actor_orch.delegation import with_delegation
 from actor_orch.errors import (
@@ -120,8 +121,8 @@ _QUEUED, _RUNNING, _DONE = 0, 1, 2
 class _Reply:
     """The answer to one accepted message, recorded once under its handle's gate.
 
-    A synchronous sender waits on a pre-acquired lock (the cheapest one-shot latch CPython
-    has); an asynchronous one, or a stream, gets a `concurrent.futures.Future`.
+    A synchronous sender waits on a `OneShot`; an asynchronous one, or a stream, gets a
+    `concurrent.futures.Future`.
     """
 
     __slots__ = ("_latch", "error", "future", "state", "value")
@@ -131,17 +132,16 @@ class _Reply:
         self.value: AgentResult | None = None
         self.error: BaseException | None = None
         self.future: concurrent.futures.Future[AgentResult] | None = None
-        self._latch: threading.Lock | None = None
+        self._latch: OneShot[None] | None = None
         if future:
             self.future = concurrent.futures.Future()
         else:
-            self._latch = threading.Lock()
-            self._latch.acquire()
+            self._latch = OneShot()
 
     def deliver(self) -> None:
         """Hand the recorded answer to the sender (once, after the gate recorded it)."""
         if self._latch is not None:
-            self._latch.release()
+            self._latch.set(None)
         elif self.future is not None:
             _settle(self.future, self.value, self.error)
 
@@ -149,7 +149,7 @@ class _Reply:
         """Wait (synchronous senders only) up to `timeout` seconds; True once answered."""
         latch = self._latch
         assert latch is not None
-        return latch.acquire(True, -1 if timeout is None else timeout)
+        return latch.wait(timeout)
 
     def outcome(self) -> AgentResult:
         """The recorded answer: the result, or its error raised."""
@@ -342,9 +342,7 @@ class OrchestratedHandle:
                 supported type, or `timeout` is not a number.
             ValueError: `timeout` is negative, NaN or infinite, or `session` is empty.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self._send([user_message(text)], timeout, session, output_type)
+        return self._send([_user_text(text)], timeout, session, output_type)
 
     def send_messages(
         self,

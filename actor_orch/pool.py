@@ -128,11 +128,7 @@ class _Item(Generic[T, R]):
             value: R | Failure = self.fn(self.arg)
         except BaseException as exc:  # an item may raise anything; it is its answer
             value = Failure(exc)
-        self.value = value
-        if self.future is not None:
-            self.future.set_result(value)
-        if self.latch is not None:
-            self.latch.count_down()
+        self._answer(value)
 
     def withdraw(self, answer: Failure) -> bool:
         """Answer the item with `answer` if nobody claimed it yet; True if it was withdrawn."""

@@ -43,6 +43,7 @@ import pykka
 from loguru import logger
 
 from actor_orch import events as _events
+from actor_orch._latch import OneShot
 from actor_orch.errors import AgentError
 from actor_orch.retry import Backoff
 
@@ -216,29 +217,7 @@ class _Failed:
     budget: int
     within: float | None
     recovered: bool  # the child served a request since its last failure
-    reply: _DecisionReply
-
-
-class _DecisionReply:
-    """The supervisor's answer to one `_Failed`: a pre-acquired lock the child waits on (a
-    tenth of the cost of Pykka's ask, a third of a stdlib Future's)."""
-
-    __slots__ = ("_latch", "decision")
-
-    def __init__(self) -> None:
-        self.decision: Decision | None = None
-        self._latch = threading.Lock()
-        self._latch.acquire()
-
-    def set(self, decision: Decision) -> None:
-        self.decision = decision
-        self._latch.release()
-
-    def get(self, timeout: float) -> Decision:
-        if not self._latch.acquire(True, timeout):
-            raise TimeoutError
-        assert self.decision is not None
-        return self.decision
+    reply: OneShot[Decision]  # the child waits on it (a tenth of the cost of Pykka's ask)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -403,12 +382,14 @@ class Supervision:
         ref = self._ref()
         if ref is None:  # shut down: no more restarts
             return Decision(SupervisorAction.STOP)
-        reply = _DecisionReply()
+        reply: OneShot[Decision] = OneShot()
         try:
             ref.tell(_Failed(child, action, budget, window, recovered, reply))
-            return reply.get(_ASK_TIMEOUT_S)
-        except (pykka.ActorDeadError, TimeoutError):
+        except pykka.ActorDeadError:
             return Decision(SupervisorAction.STOP)
+        if not reply.wait(_ASK_TIMEOUT_S) or reply.value is None:
+            return Decision(SupervisorAction.STOP)
+        return reply.value
 
     def publish(self, event: _events.Event, events: _events.EventCallback | None = None) -> None:
         """Deliver `event` to the step's `events` callable (if any) and to the subscribers."""
