@@ -54,7 +54,7 @@ from actor_orch.executor import AgentExecutor, to_outcome
 # The abort contextvar of executor.py: a step run here must see the same `current_step_abort()`
 # as one run by execute_steps_parallel, so it is set by the same variable.
 from actor_orch.executor import _step_abort as _STEP_ABORT
-from actor_orch.pool import ActorPool, Failure
+from actor_orch.pool import ActorPool, Failure, _Item, _Slot
 from actor_orch.spec import AgentStepSpec, StepOutcome
 
 __all__ = [
@@ -400,9 +400,11 @@ class _GraphRun:
         self.started = [False] * len(specs)  # written by workers when a step really starts
         self.finished: queue.SimpleQueue[tuple[int, object]] = queue.SimpleQueue()
         self.abort = threading.Event()
-        # A graph run from one of the pool's own workers runs its steps on that worker: it
-        # holds a place of the pool, and waiting for the others could deadlock it.
-        self.inline: deque[int] | None = deque() if _on_worker_of(pool) else None
+        # A graph run from inside one of the pool's items holds a place of the pool: while it
+        # waits, it runs its own queued steps in that place (free workers take the others),
+        # so it never waits for the place it holds.
+        self.slot = pool.lent_slot()
+        self.lendable: deque[_Item[int, object]] = deque()  # submitted, in order, maybe queued
         self.store: CheckpointStore | None = None
         self.workflow_id = ""
         self.step_key: Callable[[AgentStepSpec], str] = spec_digest
@@ -434,11 +436,10 @@ class _GraphRun:
                 if deadline is not None and time.monotonic() >= deadline:
                     self._stop(self._timeout_error(timeout), None, timeout)
                     break
-                if self.inline and self.finished.empty():
-                    index = self.inline.popleft()
-                    self.finished.put((index, self._run_one(index)))
+                if self.slot is not None and self.finished.empty() and self._lend(self.slot):
                     continue
-                wait = _POLL_S if cancel is not None or deadline is not None else None
+                polling = cancel is not None or deadline is not None or self.slot is not None
+                wait = _POLL_S if polling else None
                 if deadline is not None:
                     wait = max(0.0, min(wait or _POLL_S, deadline - time.monotonic()))
                 try:
@@ -475,11 +476,22 @@ class _GraphRun:
                 self._resolve(index, saved.outcome)
                 return
         self.launched.add(index)
-        if self.inline is not None:
-            self.inline.append(index)
-            return
-        future = self.pool.submit(self._run_one, index)
-        future.add_done_callback(lambda done: self.finished.put((index, done.result())))
+        item = self.pool.submit_item(self._run_one, index)
+        assert item.future is not None
+        item.future.add_done_callback(lambda done: self.finished.put((index, done.result())))
+        if self.slot is not None:
+            self.lendable.append(item)
+
+    def _lend(self, slot: _Slot) -> bool:
+        """Run the first of our steps no worker has taken, in our place; False if there is
+        none, or another borrower uses the place."""
+        while self.lendable:
+            item = self.lendable[0]
+            if item.claim.locked():  # a worker took it, or we ran it
+                self.lendable.popleft()
+                continue
+            return self.pool.run_lent(slot, item)
+        return False
 
     def _finished(self, index: int, result: object) -> None:
         self.launched.discard(index)
@@ -576,7 +588,3 @@ class _GraphRun:
         if store and key and isinstance(outcome, StepOutcome) and outcome.success:
             save_step(store, self.workflow_id, spec.task_id, CheckpointedStep(key, outcome))
         return outcome
-
-
-def _on_worker_of(pool: ActorPool) -> bool:
-    return pool.holds_this_thread()

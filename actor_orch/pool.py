@@ -232,9 +232,15 @@ class ActorPool:
 
     def submit(self, fn: Callable[[T], R], arg: T) -> concurrent.futures.Future[R | Failure]:
         """Queue `fn(arg)`; its future holds the value or a [`Failure`][]."""
-        future: concurrent.futures.Future[R | Failure] = concurrent.futures.Future()
-        self._enqueue(fn, [arg], future=future)
+        future = self.submit_item(fn, arg).future
+        assert future is not None
         return future
+
+    def submit_item(self, fn: Callable[[T], R], arg: T) -> _Item[T, R]:
+        """`submit`, returning the queued item (its `future` holds the answer), which a
+        caller waiting inside this pool may run in its own place with `run_lent`."""
+        future: concurrent.futures.Future[R | Failure] = concurrent.futures.Future()
+        return self._enqueue(fn, [arg], future=future)[0]
 
     def map(
         self,
@@ -368,8 +374,32 @@ class ActorPool:
         """Whether the calling code runs inside an item of this pool (on its worker, or on a
         thread the item started with a copy of its context): waiting there for other items of
         this pool could wait for the very place it holds."""
+        return self.lent_slot() is not None
+
+    def lent_slot(self) -> _Slot | None:
+        """The place the calling code holds in this pool (see `holds_this_thread`), which it
+        lends to queued items while it waits for them; None outside the pool."""
         slot = _current_slot.get()
-        return slot is not None and slot.pool is self
+        return slot if slot is not None and slot.pool is self else None
+
+    def run_lent(self, slot: _Slot, item: _Item[Any, Any]) -> bool:
+        """Run `item` on this thread, in `slot`'s place, unless a worker claimed it or another
+        borrower uses the place; True if this call took it."""
+        if item.claim.locked() or not slot.lock.acquire(blocking=False):
+            return False
+        try:
+            self._run_here(item)
+        finally:
+            slot.lock.release()
+        return True
+
+    def _run_here(self, item: _Item[Any, Any]) -> None:
+        """Run `item` on this thread as in a place of its own, which it may lend in turn."""
+        token = _current_slot.set(_Slot(self))
+        try:
+            item.run()
+        finally:
+            _current_slot.reset(token)
 
     # -- teardown --------------------------------------------------------------------------
 
@@ -476,11 +506,7 @@ class _Collect(Generic[T, R]):
         for index in range(start, len(items)):
             item = items[index]
             if not item.claim.locked():
-                token = _current_slot.set(_Slot(self.pool))  # the item's own place, to lend
-                try:
-                    item.run()
-                finally:
-                    _current_slot.reset(token)
+                self.pool._run_here(item)
                 return index + 1
         return -1
 

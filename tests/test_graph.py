@@ -278,6 +278,40 @@ def test_a_graph_run_from_inside_a_step_of_the_same_executor_cannot_deadlock() -
     assert outcome.output == "i0,i1,i2"
 
 
+def test_a_graph_run_from_inside_a_step_uses_the_free_workers_too() -> None:
+    # "x" and "y" each wait until the other has started: run one after the other (in the
+    # outer step's place only) they would never finish; with free workers they run together.
+    started = {name: threading.Event() for name in ("x", "y")}
+    running, peak, lock = 0, 0, threading.Lock()
+
+    class Nesting(Recorder):
+        def execute_step(self, spec: AgentStepSpec, events: object = None) -> StepOutcome:
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            try:
+                if spec.task_id == "outer":
+                    results = execute_graph(self, [spec_of("x"), spec_of("y")])
+                    prompt = ",".join(o.output for o in results if o.success)
+                    return StepOutcome("outer", "s", "a", prompt, True)
+                started[spec.task_id].set()
+                other = started["y" if spec.task_id == "x" else "x"]
+                if not other.wait(WAIT_S):
+                    return StepOutcome.failed(spec.task_id, "a", "ran alone")
+                return super().execute_step(spec, events)
+            finally:
+                with lock:
+                    running -= 1
+
+    def spec_of(task_id: str) -> AgentStepSpec:
+        return AgentStepSpec(task_id, "a", "", task_id)
+
+    [outcome] = execute_graph(Nesting(hint=3), [spec("outer")])
+    assert outcome.output == "x,y"
+    assert peak <= 3
+
+
 def test_resume_reruns_dependents_only_when_the_text_they_read_changed() -> None:
     store = MemoryCheckpointStore()
     specs = [
