@@ -54,7 +54,7 @@ from actor_orch.executor import AgentExecutor, to_outcome
 # The abort contextvar of executor.py: a step run here must see the same `current_step_abort()`
 # as one run by execute_steps_parallel, so it is set by the same variable.
 from actor_orch.executor import _step_abort as _STEP_ABORT
-from actor_orch.pool import ActorPool, Failure, _Item, _Slot
+from actor_orch.pool import ActorPool, Failure, PoolItem, PoolSlot
 from actor_orch.spec import AgentStepSpec, StepOutcome
 
 __all__ = [
@@ -404,7 +404,7 @@ class _GraphRun:
         # waits, it runs its own queued steps in that place (free workers take the others),
         # so it never waits for the place it holds.
         self.slot = pool.lent_slot()
-        self.lendable: deque[_Item[int, object]] = deque()  # submitted, in order, maybe queued
+        self.lendable: deque[PoolItem[int, object]] = deque()  # submitted, in order, maybe queued
         self.store: CheckpointStore | None = None
         self.workflow_id = ""
         self.step_key: Callable[[AgentStepSpec], str] = spec_digest
@@ -482,7 +482,7 @@ class _GraphRun:
         if self.slot is not None:
             self.lendable.append(item)
 
-    def _lend(self, slot: _Slot) -> bool:
+    def _lend(self, slot: PoolSlot) -> bool:
         """Run the first of our steps no worker has taken, in our place; False if there is
         none, or another borrower uses the place."""
         while self.lendable:

@@ -43,7 +43,7 @@ from loguru import logger
 
 from actor_orch.errors import Aborted, PluginError, RequestTimeout
 
-__all__ = ["ActorPool", "Failure", "run_ordered"]
+__all__ = ["ActorPool", "Failure", "PoolItem", "PoolSlot", "run_ordered"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -94,7 +94,7 @@ class _Latch:
 _UNSET: Any = object()
 
 
-class _Item(Generic[T, R]):
+class PoolItem(Generic[T, R]):
     """One queued call of `fn(arg)`; whoever takes its claim first runs (or withdraws) it.
 
     Items of `map` carry no `Future` (one costs about 3 us, more than a trivial step): their
@@ -149,7 +149,7 @@ class _Item(Generic[T, R]):
         return self.value is not _UNSET
 
 
-class _Slot:
+class PoolSlot:
     """The place in the pool held by one running item. A `map` called by that item (or by a
     thread it started with a copy of its context) runs its own queued items in this place
     while it waits; the lock lets only one such caller use it at a time."""
@@ -161,7 +161,7 @@ class _Slot:
         self.lock = threading.Lock()
 
 
-_current_slot: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar(
+_current_slot: contextvars.ContextVar[PoolSlot | None] = contextvars.ContextVar(
     "actor_orch_pool_slot", default=None
 )
 
@@ -174,12 +174,12 @@ class _Worker(pykka.ThreadingActor):
     def __init__(self, pool: ActorPool) -> None:
         super().__init__()
         self._pool = pool
-        self._current: _Item[Any, Any] | None = None
+        self._current: PoolItem[Any, Any] | None = None
 
     def on_start(self) -> None:
         self._pool._started(threading.current_thread())
         # Everything this worker runs (and threads that copy its context) may lend its slot.
-        _current_slot.set(_Slot(self._pool))
+        _current_slot.set(PoolSlot(self._pool))
 
     def on_receive(self, message: Any) -> None:
         if message is not _RUN:
@@ -222,7 +222,7 @@ class ActorPool:
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         self.limit = limit
         self._lock = threading.Lock()
-        self._queue: deque[_Item[Any, Any]] = deque()
+        self._queue: deque[PoolItem[Any, Any]] = deque()
         self._idle: list[pykka.ActorRef[_Worker]] = []
         self._busy = 0  # workers told to run and not idle again yet
         self._threads: set[threading.Thread] = set()
@@ -236,7 +236,7 @@ class ActorPool:
         assert future is not None
         return future
 
-    def submit_item(self, fn: Callable[[T], R], arg: T) -> _Item[T, R]:
+    def submit_item(self, fn: Callable[[T], R], arg: T) -> PoolItem[T, R]:
         """`submit`, returning the queued item (its `future` holds the answer), which a
         caller waiting inside this pool may run in its own place with `run_lent`."""
         future: concurrent.futures.Future[R | Failure] = concurrent.futures.Future()
@@ -287,12 +287,12 @@ class ActorPool:
         args: list[T],
         *,
         future: concurrent.futures.Future[R | Failure] | None = None,
-    ) -> list[_Item[T, R]]:
+    ) -> list[PoolItem[T, R]]:
         if future is not None:
-            items = [_Item(fn, args[0], None, future)]
+            items = [PoolItem(fn, args[0], None, future)]
         else:
             latch = _Latch(len(args)) if args else None
-            items = [_Item(fn, arg, latch) for arg in args]
+            items = [PoolItem(fn, arg, latch) for arg in args]
         if not items:
             return items
         with self._lock:
@@ -328,7 +328,7 @@ class ActorPool:
         with self._lock:
             self._threads.add(thread)
 
-    def _next(self, worker: pykka.ActorRef[_Worker]) -> _Item[Any, Any] | None:
+    def _next(self, worker: pykka.ActorRef[_Worker]) -> PoolItem[Any, Any] | None:
         """The next queued item for `worker`, or None: it is idle (or stops, when closed)."""
         with self._lock:
             if self._queue:
@@ -341,7 +341,7 @@ class ActorPool:
         return None
 
     def _gone(
-        self, worker: pykka.ActorRef[_Worker], current: _Item[Any, Any] | None, why: str
+        self, worker: pykka.ActorRef[_Worker], current: PoolItem[Any, Any] | None, why: str
     ) -> None:
         """A worker stopped (from outside, or after close): answer its item, keep the count."""
         with self._lock:
@@ -352,7 +352,7 @@ class ActorPool:
                 return  # it left through _next after close
         self._worker_lost(current, why)
 
-    def _worker_lost(self, current: _Item[Any, Any] | None, why: str) -> None:
+    def _worker_lost(self, current: PoolItem[Any, Any] | None, why: str) -> None:
         if current is not None and not current.done:
             current._answer(Failure(PluginError("pool", f"worker {why}")))
         with self._lock:
@@ -376,13 +376,13 @@ class ActorPool:
         this pool could wait for the very place it holds."""
         return self.lent_slot() is not None
 
-    def lent_slot(self) -> _Slot | None:
+    def lent_slot(self) -> PoolSlot | None:
         """The place the calling code holds in this pool (see `holds_this_thread`), which it
         lends to queued items while it waits for them; None outside the pool."""
         slot = _current_slot.get()
         return slot if slot is not None and slot.pool is self else None
 
-    def run_lent(self, slot: _Slot, item: _Item[Any, Any]) -> bool:
+    def run_lent(self, slot: PoolSlot, item: PoolItem[Any, Any]) -> bool:
         """Run `item` on this thread, in `slot`'s place, unless a worker claimed it or another
         borrower uses the place; True if this call took it."""
         if item.claim.locked() or not slot.lock.acquire(blocking=False):
@@ -393,9 +393,9 @@ class ActorPool:
             slot.lock.release()
         return True
 
-    def _run_here(self, item: _Item[Any, Any]) -> None:
+    def _run_here(self, item: PoolItem[Any, Any]) -> None:
         """Run `item` on this thread as in a place of its own, which it may lend in turn."""
-        token = _current_slot.set(_Slot(self))
+        token = _current_slot.set(PoolSlot(self))
         try:
             item.run()
         finally:
@@ -453,7 +453,7 @@ class _Collect(Generic[T, R]):
     def __init__(
         self,
         pool: ActorPool,
-        items: list[_Item[T, R]],
+        items: list[PoolItem[T, R]],
         timeout: float | None,
         cancel: threading.Event | None,
         on_cancel: Callable[[], None] | None,
