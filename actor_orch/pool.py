@@ -370,15 +370,11 @@ class ActorPool:
 
     # -- waiting callers that are workers of this pool -----------------------------------
 
-    def holds_this_thread(self) -> bool:
-        """Whether the calling code runs inside an item of this pool (on its worker, or on a
-        thread the item started with a copy of its context): waiting there for other items of
-        this pool could wait for the very place it holds."""
-        return self.lent_slot() is not None
-
     def lent_slot(self) -> PoolSlot | None:
-        """The place the calling code holds in this pool (see `holds_this_thread`), which it
-        lends to queued items while it waits for them; None outside the pool."""
+        """The place the calling code holds in this pool when it runs inside one of its items
+        (on its worker, or on a thread the item started with a copy of its context), which it
+        lends to queued items while it waits for them; None outside the pool. Waiting there
+        for other items without lending could wait for the very place it holds."""
         slot = _current_slot.get()
         return slot if slot is not None and slot.pool is self else None
 
