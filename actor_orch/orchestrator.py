@@ -1143,6 +1143,11 @@ class AgentOrchestrator:
         """How deep in delegation the step `task_id` runs (0 unless it was delegated)."""
         return self._delegation_depths.get(task_id, 0)
 
+    def _set_delegation_depth(self, task_id: str, depth: int) -> None:
+        """Record how deep the step `task_id` runs (a registry rebuilt on a remote worker)."""
+        with self._lock:
+            self._delegation_depths[task_id] = depth
+
     def _run_delegated(
         self, specs: list[AgentStepSpec], depth: int, cancel: object
     ) -> list[StepOutcome]:

@@ -9,6 +9,12 @@ that module must be importable on the workers (pass `runtime_env`, e.g. `{"worki
 or `{"env_vars": {"PYTHONPATH": ...}}`, when it is not installed there). Supervision state
 that a policy keeps (the sliding window of `DefaultSupervisor`) lives per step on the worker.
 
+A step whose agent delegates (API §10) takes with it the agents it may reach (a
+`DelegationRegistry`); on the worker they are registered in an orchestrator of that process,
+whose `LocalExecutor` runs the delegated steps there, and their events come back with the
+step's. Which agents an agent delegates to is read once per executor from options built on
+the driver.
+
 Example (needs Ray; starts a local instance when none is running):
 
     from actor_orch import AgentOptions, AgentOrchestrator, AgentStepSpec, EchoModel
@@ -23,21 +29,25 @@ Example (needs Ray; starts a local instance when none is running):
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any
 
 from loguru import logger
 
+from actor_orch.errors import PluginError
 from actor_orch.events import Event, EventBus, EventCallback, StepStarted
 from actor_orch.executor import (
     AgentExecutor,
     AgentStepSpec,
+    LocalExecutor,
     StepOutcome,
     current_step_abort,
     run_step,
 )
-from actor_orch.orchestrator import OptionsFactory
+from actor_orch.orchestrator import AgentOrchestrator, OptionsFactory, build_options
 from actor_orch.supervisor import Supervision, SupervisorPolicy
 
 try:
@@ -46,9 +56,6 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("actor_orch.ray_executor needs Ray: pip install 'actor_orch[ray]'") from err
 
-if TYPE_CHECKING:
-    from actor_orch.orchestrator import AgentOrchestrator
-
 __all__ = ["RayExecutor", "StepWorker"]
 
 # How often a step waiting on Ray looks at its abort event (ray.wait returns early when done).
@@ -56,6 +63,17 @@ _ABORT_POLL_S = 0.05
 # Longest wait for a free worker slot; execute_steps_parallel never asks for more slots than
 # concurrency_hint(), so this only runs out when steps are started around it.
 _SLOT_TIMEOUT_S = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DelegationRegistry:
+    """What a worker needs to give a step its `delegate` tool: the agents it may reach by
+    delegation (name, parent or None, options factory, restart budget), in registration order
+    (a parent before its children), the depth limit and the step's own depth."""
+
+    agents: tuple[tuple[str, str | None, OptionsFactory, int], ...]
+    max_depth: int
+    depth: int
 
 
 class StepWorker:
@@ -67,7 +85,10 @@ class StepWorker:
         factory: OptionsFactory,
         policy: SupervisorPolicy | None,
         restart_budget: int,
+        delegation: DelegationRegistry | None = None,
     ) -> tuple[StepOutcome, list[Event]]:
+        if delegation is not None:
+            return _run_delegating(spec, policy, delegation)
         events: list[Event] = []
         # The same supervision path as a local step; its state lives for this step only.
         supervision = Supervision(policy, EventBus())
@@ -85,6 +106,30 @@ class StepWorker:
 
     def ping(self) -> bool:
         return True
+
+
+def _run_delegating(
+    spec: AgentStepSpec, policy: SupervisorPolicy | None, delegation: DelegationRegistry
+) -> tuple[StepOutcome, list[Event]]:
+    """Run a step whose agent delegates on this worker: the agents it may reach are registered
+    in an orchestrator of this process, whose `LocalExecutor` runs the delegated steps here."""
+    events: list[Event] = []
+    orchestrator = AgentOrchestrator(supervisor=policy, max_delegation_depth=delegation.max_depth)
+    orchestrator.subscribe(events.append)  # the step's events and its delegates', once each
+    for name, parent, factory, budget in delegation.agents:
+        if parent is not None and parent in orchestrator:
+            orchestrator.add_child(name, parent, factory, max_restarts=budget)
+        else:
+            orchestrator.add_agent(name, factory, max_restarts=budget)
+    orchestrator._set_delegation_depth(spec.task_id, delegation.depth)
+    executor = LocalExecutor(orchestrator)
+    orchestrator.with_executor(executor)
+    try:
+        outcome = executor.execute_step(spec)
+    finally:
+        executor.close()
+        orchestrator.shutdown(timeout=1.0)
+    return outcome, events
 
 
 class RayExecutor(AgentExecutor):
@@ -132,6 +177,7 @@ class RayExecutor(AgentExecutor):
         self._worker_class = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(StepWorker)
         self._lock = threading.Lock()
         self._closed = False
+        self._delegates: dict[str, tuple[str, ...]] = {}  # per agent, read once
         self._workers = [self._new_worker() for _ in range(num_workers)]
         self._slots: queue.Queue[int] = queue.Queue()
         for _ in range(max_concurrency_per_worker):
@@ -165,9 +211,58 @@ class RayExecutor(AgentExecutor):
         finally:
             self._slots.put(slot)
         for event in remote_events:
-            if not isinstance(event, StepStarted):  # already delivered when the step began
-                publish(event, events)
+            if isinstance(event, StepStarted) and event.task_id == spec.task_id:
+                continue  # already delivered when the step began
+            publish(event, events)
         return outcome
+
+    def _delegates_of(self, name: str) -> tuple[str, ...]:
+        """The agents `name` may delegate to, read once from its options (built here)."""
+        known = self._delegates.get(name)
+        if known is not None:
+            return known
+        orchestrator = self.orchestrator
+        factory = orchestrator.options_factory(name)
+        wanted: object = False
+        if factory is not None:
+            try:
+                wanted = build_options(name, factory).delegates
+            except PluginError:
+                wanted = False  # the step itself reports the failing factory
+        if wanted is True:
+            found = tuple(orchestrator.children_of(name) or ())
+        elif wanted:
+            found = tuple(str(agent) for agent in wanted)  # type: ignore[attr-defined]
+        else:
+            found = ()
+        with self._lock:
+            self._delegates[name] = found
+        return found
+
+    def _delegation(self, spec: AgentStepSpec) -> DelegationRegistry | None:
+        """The registry a worker needs for `spec`'s delegate tool; None if it delegates to
+        nobody."""
+        orchestrator = self.orchestrator
+        depth = orchestrator.delegation_depth(spec.task_id)
+        reach = {spec.agent: depth}
+        todo = deque([spec.agent])
+        while todo:
+            name = todo.popleft()
+            if reach[name] >= orchestrator.max_delegation_depth:
+                continue
+            for delegate in self._delegates_of(name):
+                if delegate not in reach and delegate in orchestrator:
+                    reach[delegate] = reach[name] + 1
+                    todo.append(delegate)
+        if len(reach) == 1 and not self._delegates_of(spec.agent):
+            return None
+        agents = []
+        for name in orchestrator.names():  # registration order: parents first
+            factory = orchestrator.options_factory(name)
+            if name in reach and factory is not None:
+                budget = orchestrator.restart_budget(name)
+                agents.append((name, orchestrator.parent_of(name), factory, budget))
+        return DelegationRegistry(tuple(agents), orchestrator.max_delegation_depth, depth)
 
     def _run_remote(
         self, slot: int, spec: AgentStepSpec, factory: OptionsFactory, budget: int
@@ -177,7 +272,8 @@ class RayExecutor(AgentExecutor):
 
         worker = self._workers[slot]
         try:
-            ref = worker.run.remote(spec, factory, self.orchestrator.supervisor, budget)
+            delegation = self._delegation(spec)
+            ref = worker.run.remote(spec, factory, self.orchestrator.supervisor, budget, delegation)
         except Exception as err:  # e.g. a factory Ray cannot pickle
             return failed(f"cannot send step to Ray: {type(err).__name__}: {err}")
         abort = current_step_abort()

@@ -182,3 +182,32 @@ def _timeless(outcome: ao.StepOutcome) -> ao.StepOutcome:
 
 # Per-call events (API §6) are checked in their own tests; these follow the lifecycle.
 _CALL_EVENTS = (ao.ModelCallFinished, ao.ToolCallFinished)
+
+
+def lead_options() -> AgentOptions:
+    tasks = [{"agent": "shout", "description": "d", "prompt": p} for p in ("hi", "yo")]
+    asks = ao.AssistantMessage(
+        [ao.ToolCall("c1", "delegate", {"tasks": tasks})], ao.StopReason.TOOL_USE
+    )
+    return AgentOptions(ao.ScriptedModel([asks, "done"]), delegates=("shout",), retry=None)
+
+
+def test_a_step_on_a_ray_worker_delegates_there_and_the_events_come_back(
+    orch: AgentOrchestrator,
+) -> None:
+    orch.add_agent("lead", lead_options)
+    seen: list[ao.Event] = []
+    orch.subscribe(seen.append)
+    with RayExecutor(orch, num_workers=1) as executor:
+        [outcome, plain] = ao.execute_steps_parallel(
+            executor, [spec("t1", "lead", "go"), spec("t2", "echo", "x")]
+        )
+    assert outcome.success and outcome.output == "done"
+    assert plain.success and plain.output == "x"
+    finished = {e.task_id: e for e in seen if isinstance(e, ao.StepFinished)}
+    delegated = sorted(task for task in finished if task.startswith("t1/"))
+    assert len(delegated) == 2
+    assert all(finished[task].success for task in delegated)
+    assert all(finished[task].parent_session_id == "task-run-t1" for task in delegated)
+    started = [e.task_id for e in seen if isinstance(e, ao.StepStarted)]
+    assert sorted(started) == sorted(["t1", "t2", *delegated])  # each exactly once
