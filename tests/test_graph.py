@@ -24,7 +24,8 @@ WAIT_S = 10.0
 
 
 class Recorder(AgentExecutor):
-    """Output = prompt; agent "fail" fails, "boom" raises; `gates[task_id]` holds a step."""
+    """Output = prompt; agent "fail" fails, "boom" raises; `gates[task_id]` holds a step;
+    `peak` is the most steps that ran at once (what `work` does, for subclasses)."""
 
     def __init__(self, hint: int = 4) -> None:
         self.hint = hint
@@ -33,8 +34,20 @@ class Recorder(AgentExecutor):
         self.lock = threading.Lock()
         self.gates: dict[str, threading.Event] = {}
         self.started: dict[str, threading.Event] = {}
+        self.running = 0
+        self.peak = 0
 
     def execute_step(self, spec: AgentStepSpec, events: object = None) -> StepOutcome:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            return self.work(spec)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def work(self, spec: AgentStepSpec) -> StepOutcome:
         with self.lock:
             self.ran.append(spec.task_id)
             self.prompts[spec.task_id] = spec.prompt
@@ -89,25 +102,12 @@ def test_needs_run_first_and_outcomes_come_in_input_order() -> None:
 
 
 def test_never_more_than_the_executor_limit_at_once() -> None:
-    running, peak, lock = 0, 0, threading.Lock()
-
-    class Counting(Recorder):
-        def execute_step(self, spec: AgentStepSpec, events: object = None) -> StepOutcome:
-            nonlocal running, peak
-            with lock:
-                running += 1
-                peak = max(peak, running)
-            try:
-                return super().execute_step(spec, events)
-            finally:
-                with lock:
-                    running -= 1
-
     specs = [spec(f"t{i}") for i in range(40)]
     needs = {f"t{i}": [f"t{i - 20}"] for i in range(20, 40)}
-    outcomes = execute_graph(Counting(hint=3), specs, needs)
+    executor = Recorder(hint=3)
+    outcomes = execute_graph(executor, specs, needs)
     assert all(o.success for o in outcomes)
-    assert 1 <= peak <= 3
+    assert 1 <= executor.peak <= 3
 
 
 def test_a_step_whose_need_failed_is_not_run_and_names_it() -> None:
@@ -282,34 +282,26 @@ def test_a_graph_run_from_inside_a_step_uses_the_free_workers_too() -> None:
     # "x" and "y" each wait until the other has started: run one after the other (in the
     # outer step's place only) they would never finish; with free workers they run together.
     started = {name: threading.Event() for name in ("x", "y")}
-    running, peak, lock = 0, 0, threading.Lock()
 
     class Nesting(Recorder):
-        def execute_step(self, spec: AgentStepSpec, events: object = None) -> StepOutcome:
-            nonlocal running, peak
-            with lock:
-                running += 1
-                peak = max(peak, running)
-            try:
-                if spec.task_id == "outer":
-                    results = execute_graph(self, [spec_of("x"), spec_of("y")])
-                    prompt = ",".join(o.output for o in results if o.success)
-                    return StepOutcome("outer", "s", "a", prompt, True)
-                started[spec.task_id].set()
-                other = started["y" if spec.task_id == "x" else "x"]
-                if not other.wait(WAIT_S):
-                    return StepOutcome.failed(spec.task_id, "a", "ran alone")
-                return super().execute_step(spec, events)
-            finally:
-                with lock:
-                    running -= 1
+        def work(self, spec: AgentStepSpec) -> StepOutcome:
+            if spec.task_id == "outer":
+                results = execute_graph(self, [spec_of("x"), spec_of("y")])
+                prompt = ",".join(o.output for o in results if o.success)
+                return StepOutcome("outer", "s", "a", prompt, True)
+            started[spec.task_id].set()
+            other = started["y" if spec.task_id == "x" else "x"]
+            if not other.wait(WAIT_S):
+                return StepOutcome.failed(spec.task_id, "a", "ran alone")
+            return super().work(spec)
 
     def spec_of(task_id: str) -> AgentStepSpec:
         return AgentStepSpec(task_id, "a", "", task_id)
 
-    [outcome] = execute_graph(Nesting(hint=3), [spec("outer")])
+    executor = Nesting(hint=3)
+    [outcome] = execute_graph(executor, [spec("outer")])
     assert outcome.output == "x,y"
-    assert peak <= 3
+    assert executor.peak <= 3
 
 
 def test_resume_reruns_dependents_only_when_the_text_they_read_changed() -> None:
